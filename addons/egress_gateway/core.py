@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions
+from mitmproxy.proxy import mode_specs
 
 from . import gate as gate_mod
+from . import hosts
 from .audit import AuditLog
 from .paths import DEFAULT_POLICY, RECORDINGS
 from .policy import Policy, PolicyError, load_policy
@@ -63,11 +65,20 @@ class Core:
             path = Path(ctx.options.gateway_policy).expanduser()
             try:
                 policy = load_policy(path)
+                problem = exposure_problem(ctx.options.mode, ctx.options.listen_host,
+                                           ctx.options.proxyauth, policy)
+                if problem:
+                    raise PolicyError([f"{path}: clients.allow: {problem}"])
             except PolicyError as e:
                 raise exceptions.OptionsError(f"invalid gateway policy:\n{e}") from None
             self.policy, self.policy_path = policy, path
             self._policy_state = _file_state(path)
             log.info(f"egress gateway: policy {path} loaded ({_summary(policy)})")
+        if updated & {"gateway_policy", "listen_host", "mode", "proxyauth"} and self.policy:
+            problem = exposure_problem(ctx.options.mode, ctx.options.listen_host,
+                                       ctx.options.proxyauth, self.policy)
+            if problem:
+                raise exceptions.OptionsError(problem)
         if "gateway_audit_log" in updated:
             if self.audit:
                 self.audit.close()
@@ -118,6 +129,10 @@ class Core:
             self._policy_state = state
             try:
                 policy = load_policy(path)
+                problem = exposure_problem(ctx.options.mode, ctx.options.listen_host,
+                                           ctx.options.proxyauth, policy)
+                if problem:
+                    raise PolicyError([f"{path}: clients.allow: {problem}"])
             except PolicyError as e:
                 log.error(f"egress gateway: policy reload FAILED, keeping the last good policy:\n{e}")
                 continue
@@ -129,3 +144,29 @@ def _summary(policy: Policy | None) -> str:
     if policy is None:
         return "no policy"
     return f"{policy.egress.mode}, {len(policy.egress.allow)} allow rules"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    ip = hosts.parse_ip_literal(host) if host else None
+    return ip is not None and ip.is_loopback
+
+
+def exposure_problem(modes, listen_host: str, proxyauth: str | None, policy: Policy) -> str | None:
+    """Why listening as configured would expose the gateway to anyone, or None if it is fine."""
+    if proxyauth or policy.clients.allow:
+        return None
+    for spec in modes:
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy reports invalid modes itself
+        if mode.listen_port(None) is None and mode.type_name in ("local", "transparent"):
+            continue  # no listening socket reachable from other hosts
+        host = mode.listen_host(listen_host)
+        if not _is_loopback(host):
+            shown = host or "all interfaces"
+            return (f"the gateway would listen on {shown} ({spec}) with no client restriction: "
+                    "listen on 127.0.0.1, or set clients.allow in the policy, or proxyauth")
+    return None

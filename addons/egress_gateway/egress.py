@@ -97,7 +97,9 @@ class Egress:
         norm = hosts.normalize_host(host)
         ip = hosts.parse_ip_literal(norm)
         if ip is not None:
-            return allowlist.check_resolved(egress, norm, ip, port, pinned=False), str(ip)
+            # An IPv4-mapped IPv6 literal is dialled as the IPv4 address it denotes.
+            dial = getattr(ip, "ipv4_mapped", None) or ip
+            return allowlist.check_resolved(egress, norm, ip, port, pinned=False), str(dial)
         key = (id(self.core.policy), norm, port)
         now = time.monotonic()
         hit = self._resolved.get(key)
@@ -152,6 +154,42 @@ class Egress:
         except Exception:
             self._internal_error(flow, "http_connect")
 
+    def client_connected(self, client) -> None:
+        """Refuse clients outside the policy's clients.allow (when it is set)."""
+        try:
+            policy = self.core.policy
+            peer = client.peername[0] if client.peername else ""
+            if policy is None or not policy.clients.permits(peer):
+                client.error = "client not allowed by the egress gateway policy"
+                log.warning(f"egress gateway refused client {peer}: not in clients.allow")
+        except Exception:
+            log.exception("egress gateway: internal error in client_connected; refusing the client")
+            client.error = "egress gateway internal error"
+
+    def dns_request(self, flow) -> None:
+        """DNS mode: names not on the allowlist get REFUSED (a lookup itself can carry data out)."""
+        if flow.response or flow.error:
+            return
+        try:
+            from mitmproxy import dns
+
+            egress = self.core.policy.egress
+            for q in flow.request.questions:
+                name = q.name.rstrip(".")
+                if not any(allowlist.check_destination(egress, name, p).allowed
+                           for p in _ports_of(egress)):
+                    flow.response = flow.request.fail(dns.response_codes.REFUSED)
+                    flow.metadata.setdefault("gateway", {}).update(
+                        decision="blocked", code="blocked", identity="dns",
+                        reason=f"DNS lookup of {name} refused: not on the egress allowlist")
+                    log.info(f"egress gateway refused a DNS lookup of {name}")
+                    return
+        except Exception:
+            log.exception("egress gateway: internal error in dns_request; refusing the lookup")
+            from mitmproxy import dns
+
+            flow.response = flow.request.fail(dns.response_codes.SERVFAIL)
+
     def client_disconnected(self, client) -> None:
         self.tunnels.pop(client.id, None)
 
@@ -192,14 +230,17 @@ class Egress:
             host, port = server.address[0], server.address[1]
             d = allowlist.check_destination(policy.egress, host, port)
             identity = "dial"
-            if d.allowed and server.sni:
+            # The SNI the client sent (set before any dial) and the one we would send upstream.
+            for sni in {server.sni, data.client.sni} - {None, ""}:
+                if not d.allowed:
+                    break
                 identity = "sni"
-                d = allowlist.check_destination(policy.egress, server.sni, port)
+                d = allowlist.check_destination(policy.egress, sni, port)
                 norm = hosts.normalize_host(host)
                 if d.allowed and hosts.parse_ip_literal(norm) is None \
-                        and hosts.normalize_host(server.sni) != norm:
-                    d = Decision(False, f"TLS SNI {server.sni} does not match the "
-                                 f"destination {norm}", details={"host": norm, "port": port})
+                        and hosts.normalize_host(sni) != norm:
+                    d = Decision(False, f"TLS SNI {sni} does not match the destination {norm}",
+                                 details={"host": norm, "port": port})
             report = policy.egress.mode == "report"
             if not d.allowed and report:
                 log.warning(f"egress gateway (report mode) would block {identity}: {d.reason}")
@@ -248,3 +289,7 @@ class Egress:
             })
         except Exception:
             log.exception("egress gateway: could not audit a refused dial")
+
+
+def _ports_of(egress) -> list[int]:
+    return sorted({p for rule in egress.allow for p in rule.ports}) or [443]

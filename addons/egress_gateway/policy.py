@@ -119,11 +119,41 @@ class Egress(_Model):
         return out
 
 
+class Clients(_Model):
+    """Who may use the gateway. Required (or proxy authentication) when it listens beyond loopback."""
+
+    allow: list[str] = Field(
+        default_factory=list,
+        description="Client address blocks allowed to connect, e.g. [127.0.0.0/8, 10.8.0.0/16]. "
+        "Empty: any client (only allowed while the gateway listens on loopback).",
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _check(cls, v: list[str]) -> list[str]:
+        out = []
+        for block in v:
+            try:
+                out.append(str(ipaddress.ip_network(str(block).strip(), strict=True)))
+            except ValueError as e:
+                raise ValueError(f"{block!r} is not an address block like 10.8.0.0/16 ({e})") from None
+        return out
+
+    def permits(self, address: str) -> bool:
+        if not self.allow:
+            return True
+        ip = hosts.parse_ip_literal(address)
+        return ip is not None and any(
+            hosts.address_in(ip, ipaddress.ip_network(b)) for b in self.allow
+        )
+
+
 class Policy(_Model):
     """A gateway policy (format version 1)."""
 
     version: Literal[1] = Field(description="Policy format version; must be 1.")
     egress: Egress = Field(description="Egress allowlist.")
+    clients: Clients = Field(default_factory=Clients, description="Client access control.")
 
 
 def _loc(loc: tuple) -> str:

@@ -126,6 +126,7 @@ async def _test_server_connect_uses_pin_without_dns():
     f.server_conn.address = ("db.example.com", 443)
     f.server_conn.error = None
     f.server_conn.sni = None
+    f.client_conn.sni = None
     data = ServerConnectionHookData(server=f.server_conn, client=f.client_conn)
     with taddons.context():
         await egress.server_connect(data)
