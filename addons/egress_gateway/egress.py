@@ -183,6 +183,12 @@ class Egress:
                         decision="blocked", code="blocked", identity="dns",
                         reason=f"DNS lookup of {name} refused: not on the egress allowlist")
                     log.info(f"egress gateway refused a DNS lookup of {name}")
+                    self.core.audit.write({
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "kind": "dns", "flow": flow.id,
+                        "session": str(flow.client_conn.peername[0]),
+                        "host": name, "decision": "blocked", "code": "blocked",
+                        "identity": "dns", "reason": flow.metadata["gateway"]["reason"]})
                     return
         except Exception:
             log.exception("egress gateway: internal error in dns_request; refusing the lookup")

@@ -340,6 +340,8 @@ def test_dns_mode_refuses_names_off_the_allowlist(tmp_path, confdir):
             s.sendto(_dns_query("localhost", 0x4321), ("127.0.0.1", dns_port))
             answer, _ = s.recvfrom(4096)
             assert answer[3] & 0x0F == 0  # NOERROR: allowed names resolve
+        (line,) = [rec for rec in gw.audit() if rec.get("kind") == "dns"]
+        assert line["decision"] == "blocked" and line["host"] == "secret-data.evil.test.example"
     finally:
         gw.stop()
 
