@@ -44,6 +44,7 @@ from presidio_analyzer.nlp_engine import (  # noqa: E402
     SpacyNlpEngine,
 )
 from presidio_anonymizer import AnonymizerEngine  # noqa: E402
+from spacy.tokens import Span  # noqa: E402
 
 from . import operators as ops  # noqa: E402
 from .detect_secrets_backend import DetectSecretsRecognizer  # noqa: E402
@@ -58,6 +59,7 @@ from .recognizers import (  # noqa: E402
     DEFAULT_NER_ALLOW_LIST,
     SECRET_PATTERN_RECOGNIZERS,
     GatewaySpacyRecognizer,
+    NameIntroRecognizer,
     OrganisationDenyListRecognizer,
     OrganisationRegexRecognizer,
     PemPrivateKeyRecognizer,
@@ -93,6 +95,35 @@ class _RegistryNoise(logging.Filter):
 logging.getLogger("presidio-analyzer").addFilter(_RegistryNoise())
 
 
+_ORG_WORDS = frozenset(
+    """inc corp corporation llc ltd co company group bank university college school institute
+    foundation association council department agency committee club society partners holdings
+    technologies technology systems solutions labs lab services international industries
+    orchestra band records studios studio news times weekly daily journal magazine press
+    airlines motors pharmaceuticals capital ventures fund trust church hospital clinic center
+    centre museum library council ministry office team league union party cloud code studio
+    platform api sdk""".split()
+)
+_NAME_TOKEN = re.compile(r"^[A-Z][a-zà-ÿ'’\-]+$|^[A-Z]\.?$")
+
+
+def _person_from_org(doc, ent):
+    """en_core_web_sm labels many unfamiliar person names ORG ("Tomomi Nishiyama",
+    "Miklós Hajdu"). Relabel an ORG as PERSON when it is 2-3 title-case words (initials
+    allowed) with no organisation word (Inc, Bank, University, Studio, Cloud...)."""
+    if ent.label_ != "ORG":
+        return ent
+    tokens = [t for t in ent if not t.is_space]
+    words = [t.text for t in tokens]
+    if not 2 <= len(words) <= 3 or not all(_NAME_TOKEN.match(w) for w in words):
+        return ent
+    if any(w.lower().strip(".") in _ORG_WORDS for w in words) or not _NAME_TOKEN.match(words[-1]):
+        return ent
+    if len(words[-1].rstrip(".")) < 2:
+        return ent
+    return Span(doc, tokens[0].i, tokens[-1].i + 1, label="PERSON")
+
+
 class NerOnlySpacyNlpEngine(SpacyNlpEngine):
     """Presidio's spaCy engine with only the tokenizer and the NER component loaded.
 
@@ -113,8 +144,9 @@ class NerOnlySpacyNlpEngine(SpacyNlpEngine):
             self.nlp[model["lang_code"]] = nlp
 
     def _doc_to_nlp_artifact(self, doc, language: str) -> NlpArtifacts:
+        ents = [_person_from_org(doc, e) for e in doc.ents]
         entities, scores = self._get_updated_entities(
-            list(doc.ents), self._get_scores_for_entities(doc)
+            ents, self._get_scores_for_entities(doc)
         )
         return NlpArtifacts(
             entities=entities,
@@ -147,6 +179,20 @@ class TextResult:
     blocked: set[str] = field(default_factory=set)
 
 
+def _common_words(nlp) -> frozenset[str]:
+    """English verbs, adjectives and adverbs from the model's lemmatizer tables (WordNet):
+    a lone capitalised "Discipline" tagged PERSON is a word, not a name."""
+    try:
+        table = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
+    except (KeyError, ValueError):  # pragma: no cover - model without the tables
+        return frozenset()
+    words: set[str] = set()
+    for pos in ("verb", "adj", "adv"):
+        if pos in table:
+            words.update(table[pos])
+    return frozenset(words)
+
+
 class _Heavy:
     """Process-wide heavy objects: spaCy model, Presidio NLP engine, anonymizer."""
 
@@ -156,6 +202,7 @@ class _Heavy:
         )
         self.nlp_engine: NerOnlySpacyNlpEngine = provider.create_engine()  # type: ignore
         self.nlp = self.nlp_engine.get_nlp("en")
+        self.common_words = _common_words(self.nlp)
         self.anonymizer = AnonymizerEngine()
         self.lock = threading.Lock()  # spaCy is not thread-safe: one call at a time
 
@@ -316,7 +363,7 @@ class DetectionEngine:
                     context_similarity_factor=0.35,
                     min_score_with_context_similarity=0.4,
                     context_prefix_count=6,
-                    context_suffix_count=1,
+                    context_suffix_count=3,
                 ),
             )
             if registry.recognizers
@@ -344,7 +391,9 @@ class DetectionEngine:
         recs: list = pii_recognizers(wanted)
         ner = wanted & NER_ENTITIES
         if ner:
-            recs.append(GatewaySpacyRecognizer(sorted(ner)))
+            recs.append(GatewaySpacyRecognizer(sorted(ner), self._heavy.common_words))
+            if "PERSON" in ner:
+                recs.append(NameIntroRecognizer())
         if "patterns" in settings.secret_backends:
             recs += [
                 cls(report_placeholders=settings.report_placeholder_tokens)

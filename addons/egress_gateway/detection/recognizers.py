@@ -150,7 +150,10 @@ def _letters_in_enclosing_token(text: str, start: int, end: int) -> bool:
     while i > 0 and text[i - 1] not in stops:
         i -= 1
     j = end
-    while j < len(text) and text[j] not in stops:
+    # "555-0100-Office": a hyphenated word after the number is a label, not an identifier.
+    while j < len(text) and text[j] not in stops and not (
+        text[j] == "-" and text[j + 1 : j + 2].isalpha() and j == end
+    ):
         j += 1
     token = text[i:j]
     # "tel:+1 555..." / "phone:555-..." prefixes are labels, not identifiers.
@@ -698,8 +701,8 @@ class GatewayPhoneRecognizer(PhoneRecognizer):
     FORMATTED_SCORE = 0.6
     BARE_SCORE = 0.3
     GROUPED = re.compile(
-        r"(?<![\w+\-.])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,4}\)[ .\-]?)?\d{2,4}(?:[ .\-]\d{2,4}){1,4}"
-        r"(?:[ ]?x\d{1,5})?(?![\w\-])"
+        r"(?<![\w+\-.])(?:(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,4}\)[ .\-]?)?\d{2,4}"
+        r"(?:[ .\-]\d{2,6}){1,4}(?:[ ]?x\d{1,5})?|\+\d{10,14})(?!\w)(?!-\d)"
     )
 
     def __init__(self) -> None:
@@ -718,6 +721,8 @@ class GatewayPhoneRecognizer(PhoneRecognizer):
             digits = sum(c.isdigit() for c in m.group())
             if not 7 <= digits <= 15 or (m.start(), m.end()) in found:
                 continue
+            if self.SSN_SHAPE.fullmatch(m.group()):
+                continue  # 3-2-4 is the US SSN layout, never a phone grouping
             if _letters_in_enclosing_token(text, m.start(), m.end()):
                 continue
             if re.fullmatch(r"\d{1,2}[./\-]\d{1,2}[./\-]\d{2,4}|\d{4}[./\-]\d{1,2}[./\-]\d{1,2}",
@@ -728,8 +733,12 @@ class GatewayPhoneRecognizer(PhoneRecognizer):
             )
         return EntityRecognizer.remove_duplicates(results)
 
+    SSN_SHAPE = re.compile(r"\d{3}-\d{2}-\d{4}")
+
     def _score(self, text: str, start: int, end: int) -> float:
-        if _letters_in_enclosing_token(text, start, end):
+        if _letters_in_enclosing_token(text, start, end) or self.SSN_SHAPE.fullmatch(
+            text[start:end]
+        ):
             return 0.0
         value = text[start:end]
         if value.isdigit():
@@ -773,7 +782,35 @@ class GatewayUsSsnRecognizer(_TokenGuardMixin, UsSsnRecognizer):
 
 
 class GatewayCreditCardRecognizer(_TokenGuardMixin, CreditCardRecognizer):
-    """Luhn-validated card numbers; digits inside identifiers are dropped."""
+    """Luhn-validated card numbers; digits inside identifiers are dropped.
+
+    Presidio's patterns cover the 3/4/5/6 (and 1) prefixes only; JCB (2131, 35), Mastercard
+    2-series and 12-19 digit Maestro numbers are added by ``ANY_LENGTH``: Luhn-valid, but at
+    0.3, so they need a context word (card, cc, visa...) - one random 12-19 digit number in
+    ten passes Luhn (epoch-millisecond timestamps, order numbers).
+    """
+
+    ANY_LENGTH = re.compile(r"(?<![\w\-.])\d{4}(?:[ \-]?\d{2,4}){2,4}(?:[ \-]?\d{1,3})?(?![\w\-])")
+    CONTEXT = [
+        "credit", "card", "cards", "cc", "visa", "mastercard", "amex", "discover", "jcb",
+        "diners", "maestro", "debit", "payment", "expiring", "expires",
+    ]  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__(context=list(self.CONTEXT))
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # noqa: D102
+        results = super().analyze(text, entities, nlp_artifacts, regex_flags)
+        taken = [(r.start, r.end) for r in results]
+        for m in self.ANY_LENGTH.finditer(text):
+            digits = re.sub(r"\D", "", m.group())
+            if not 12 <= len(digits) <= 19 or any(s < m.end() and m.start() < e for s, e in taken):
+                continue
+            if self.validate_result(m.group()) and not _letters_in_enclosing_token(
+                text, m.start(), m.end()
+            ):
+                results.append(make_result(self, "CREDIT_CARD", m.start(), m.end(), 0.3))
+        return results
 
 
 class GatewayIpRecognizer(IpRecognizer):
@@ -817,9 +854,13 @@ class GatewaySpacyRecognizer(SpacyRecognizer):
     """
 
     CODE_CHARS = set("_/@=<>{}()[]\\|#$%^*~`;")
+    TITLE_BEFORE = re.compile(r"(?i)\b(?:mr|mrs|ms|miss|dr|prof|sir|madam|dear|name is|named)\.?\s*$")
 
-    def __init__(self, supported_entities: Iterable[str]) -> None:
+    def __init__(
+        self, supported_entities: Iterable[str], common_words: frozenset[str] = frozenset()
+    ) -> None:
         super().__init__(supported_entities=list(supported_entities), ner_strength=0.85)
+        self.common_words = common_words
 
     def analyze(self, text, entities, nlp_artifacts=None):  # noqa: D102
         kept = []
@@ -827,6 +868,13 @@ class GatewaySpacyRecognizer(SpacyRecognizer):
             value = text[r.start : r.end].strip()
             if r.entity_type in ("PERSON", "LOCATION", "NRP") and not self._plausible(value):
                 continue
+            if (
+                r.entity_type == "PERSON"
+                and " " not in value
+                and value.lower() in self.common_words
+                and not self.TITLE_BEFORE.search(text[max(0, r.start - 12) : r.start])
+            ):
+                continue  # "Discipline", "React": a common word, not a name
             kept.append(r)
         return kept
 
@@ -836,6 +884,40 @@ class GatewaySpacyRecognizer(SpacyRecognizer):
         if value.lower() in DEFAULT_NER_ALLOW_LIST or not any(c.isupper() for c in value):
             return False
         return True
+
+
+class NameIntroRecognizer(PatternRecognizer):
+    """Title-case words introduced as a name ("my name is X", "Mr. X", "Dear X",
+    "name: X"): en_core_web_sm misses many unfamiliar names in exactly these frames."""
+
+    PATTERNS = [
+        Pattern(
+            "name_intro",
+            r"(?:\b(?i:my name is|my name's|name is|full name is|last name is|first name is|"
+            r"called|dear|sincerely,?|regards,?|signed,?)|"
+            r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?|\b(?i:name|contact|patient|customer|employee)\s*:)"
+            r"[ \t]+(?P<name>[A-Z][a-zà-ÿ'’\-]+(?:[ \t]+(?:[A-Z]\.?|[A-Z][a-zà-ÿ'’\-]+)){0,3})",
+            0.75,
+        )
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="PERSON",
+            name="NameIntroRecognizer",
+            patterns=[Pattern(p.name, p.regex, p.score) for p in self.PATTERNS],
+            global_regex_flags=re.MULTILINE,
+        )
+        self._rx = re.compile(self.PATTERNS[0].regex, re.MULTILINE)
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # noqa: D102
+        out = []
+        for m in self._rx.finditer(text):
+            start, end = m.span("name")
+            if text[start:end].lower() in DEFAULT_NER_ALLOW_LIST:
+                continue
+            out.append(make_result(self, "PERSON", start, end, self.PATTERNS[0].score))
+        return out
 
 
 def pii_recognizers(entities: set[str]) -> list[EntityRecognizer]:
