@@ -1,0 +1,266 @@
+"""Server-sent events, redacted while they stream.
+
+- `SSEParser`: incremental framing (``\\n``, ``\\r\\n`` or ``\\r`` line ends; comments; multi-line
+  ``data``; ``event``/``id``/``retry``), fed arbitrary chunks, yields complete events.
+- `HoldBack`: text that arrives in pieces (an e-mail split over two deltas) is released only up
+  to a safe boundary: whitespace at least `window` characters before the end, and never
+  inside something the detector found. The tail is held until more text or the end.
+- `StreamRedactor`: the callable mitmproxy calls per chunk (``flow.response.stream``). Messages
+  API ``content_block_delta`` events (``text_delta``, ``input_json_delta``) go through a
+  `HoldBack` per content block; other events' ``data`` are redacted whole (JSON or text).
+  It never returns ``b""`` before the end (mitmproxy would write a zero-length chunk, which
+  ends a chunked response): when everything is held back it returns an empty list.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# A redactor for one piece of text: (text, prose?) -> (new text, counts, blocked types).
+TextRedactor = Callable[[str, bool | None], tuple[str, dict[str, int], set[str]]]
+# Findings for a text (for cut adjustment): text -> list of (start, end).
+SpanFinder = Callable[[str], list[tuple[int, int]]]
+
+_LINE = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclass
+class Event:
+    """One SSE event: its lines as received (without line ends) and the parsed fields."""
+
+    lines: list[bytes] = field(default_factory=list)
+    event: str = "message"
+    data_lines: list[str] = field(default_factory=list)
+
+    @property
+    def data(self) -> str:
+        return "\n".join(self.data_lines)
+
+    @property
+    def only_comments(self) -> bool:
+        return all(line.startswith(b":") for line in self.lines)
+
+    def raw(self) -> bytes:
+        return b"".join(line + b"\n" for line in self.lines) + b"\n"
+
+    def with_data(self, data: str) -> bytes:
+        """The event re-serialised with new ``data`` (other fields kept in order)."""
+        out: list[bytes] = []
+        placed = False
+        for line in self.lines:
+            name = line.split(b":", 1)[0]
+            if name == b"data":
+                if not placed:
+                    out += [b"data: " + d.encode() for d in data.split("\n")]
+                    placed = True
+                continue
+            out.append(line)
+        if not placed:
+            out += [b"data: " + d.encode() for d in data.split("\n")]
+        return b"".join(line + b"\n" for line in out) + b"\n"
+
+
+class SSEParser:
+    """Incremental SSE parser: `feed(chunk)` returns the events completed by that chunk."""
+
+    def __init__(self, max_line: int = 1 << 20) -> None:
+        self._buf = b""
+        self._current = Event()
+        self._skip_lf = False
+        self.max_line = max_line
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        if self._skip_lf and chunk:
+            # the previous chunk ended in \r: a \n starting this one belongs to that line end
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
+            self._skip_lf = False
+        self._buf += chunk
+        events: list[Event] = []
+        pos = 0
+        while True:
+            m = _LINE.search(self._buf, pos)
+            if m is None:
+                break
+            line = self._buf[pos:m.start()]
+            pos = m.end()
+            if m.group() == b"\r" and pos == len(self._buf):
+                self._skip_lf = True
+            if line == b"":
+                if self._current.lines:
+                    events.append(self._current)
+                self._current = Event()
+                continue
+            self._add_line(line)
+        self._buf = self._buf[pos:]
+        if len(self._buf) > self.max_line:
+            raise ValueError(f"SSE line longer than {self.max_line} bytes")
+        return events
+
+    def _add_line(self, line: bytes) -> None:
+        ev = self._current
+        ev.lines.append(line)
+        if line.startswith(b":"):
+            return
+        name, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            ev.data_lines.append(value.decode("utf-8", "replace"))
+        elif name == b"event":
+            ev.event = value.decode("utf-8", "replace")
+
+    def close(self) -> Event | None:
+        """At the end of the stream: the unfinished event (incl. an unterminated last line)."""
+        if self._buf:
+            self._add_line(self._buf.rstrip(b"\r"))
+            self._buf = b""
+        ev, self._current = self._current, Event()
+        return ev if ev.lines else None
+
+
+class HoldBack:
+    """Releases streamed text up to a safe boundary, redacted; holds the rest."""
+
+    def __init__(self, redact: TextRedactor, spans: SpanFinder, window: int = 40,
+                 max_hold: int = 4096) -> None:
+        self.redact = redact
+        self.spans = spans
+        self.window = window
+        self.max_hold = max_hold
+        self.pending = ""
+        self.counts: Counter[str] = Counter()
+        self.blocked: set[str] = set()
+
+    def _safe_cut(self) -> int:
+        text = self.pending
+        limit = len(text) - self.window
+        if limit <= 0:
+            return 0
+        cut = 0
+        for i in range(limit, 0, -1):
+            if text[i - 1].isspace():
+                cut = i
+                break
+        if cut == 0 and len(text) > self.max_hold:
+            cut = limit  # a very long run without whitespace: release all but the window
+        if cut:
+            for start, end in self.spans(text):
+                if start < cut < end:
+                    cut = start
+        return cut
+
+    def _emit(self, part: str) -> str:
+        if not part:
+            return ""
+        new, counts, blocked = self.redact(part, None)
+        self.counts.update(counts)
+        self.blocked |= blocked
+        return new
+
+    def push(self, text: str) -> str:
+        self.pending += text
+        cut = self._safe_cut()
+        if cut == 0:
+            return ""
+        part, self.pending = self.pending[:cut], self.pending[cut:]
+        return self._emit(part)
+
+    def flush(self) -> str:
+        part, self.pending = self.pending, ""
+        return self._emit(part)
+
+
+_DELTA_FIELDS = {"text_delta": "text", "input_json_delta": "partial_json"}
+
+
+class StreamRedactor:
+    """``flow.response.stream`` callable for ``text/event-stream`` bodies."""
+
+    def __init__(self, redact: TextRedactor, spans: SpanFinder,
+                 redact_data: Callable[[str], tuple[str, dict[str, int], set[str]]],
+                 window: int = 40) -> None:
+        self.parser = SSEParser()
+        self.redact, self.spans, self.window = redact, spans, window
+        self.redact_data = redact_data
+        self.blocks: dict[int, tuple[HoldBack, str]] = {}  # index -> (hold-back, delta type)
+        self.counts: Counter[str] = Counter()
+        self.blocked: set[str] = set()
+        self.events = 0
+        self.failed: str | None = None
+
+    # -- per event -----------------------------------------------------------------------
+    def _delta_event(self, index: int, dtype: str, text: str) -> bytes:
+        doc = {"type": "content_block_delta", "index": index,
+               "delta": {"type": dtype, _DELTA_FIELDS[dtype]: text}}
+        return b"event: content_block_delta\ndata: " + json.dumps(doc).encode() + b"\n\n"
+
+    def _flush_block(self, index: int) -> bytes:
+        entry = self.blocks.pop(index, None)
+        if entry is None:
+            return b""
+        hold, dtype = entry
+        text = hold.flush()
+        self.counts.update(hold.counts)
+        self.blocked |= hold.blocked
+        return self._delta_event(index, dtype, text) if text else b""
+
+    def _handle(self, ev: Event) -> bytes:
+        if ev.only_comments or not ev.data_lines:
+            return ev.raw()
+        self.events += 1
+        data = ev.data
+        doc = None
+        if data.startswith("{"):
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                doc = None
+        if isinstance(doc, dict) and doc.get("type") == "content_block_delta":
+            delta = doc.get("delta") or {}
+            dtype = delta.get("type")
+            index = doc.get("index")
+            if dtype in _DELTA_FIELDS and isinstance(index, int) \
+                    and isinstance(delta.get(_DELTA_FIELDS[dtype]), str):
+                hold, _ = self.blocks.setdefault(
+                    index, (HoldBack(self.redact, self.spans, self.window), dtype))
+                released = hold.push(delta[_DELTA_FIELDS[dtype]])
+                self.counts.update(hold.counts)
+                hold.counts.clear()
+                self.blocked |= hold.blocked
+                return self._delta_event(index, dtype, released) if released else b""
+        prefix = b""
+        if isinstance(doc, dict) and doc.get("type") == "content_block_stop" \
+                and isinstance(doc.get("index"), int):
+            prefix = self._flush_block(doc["index"])
+        elif isinstance(doc, dict) and doc.get("type") in ("message_stop", "message_delta"):
+            prefix = b"".join(self._flush_block(i) for i in sorted(self.blocks))
+        new, counts, blocked = self.redact_data(data)
+        self.counts.update(counts)
+        self.blocked |= blocked
+        return prefix + (ev.raw() if new is data or new == data else ev.with_data(new))
+
+    # -- mitmproxy's stream interface ------------------------------------------------------
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        if self.failed:
+            return []
+        try:
+            out = b"".join(self._handle(ev) for ev in self.parser.feed(chunk)) if chunk else b""
+            if not chunk:  # end of the stream
+                tail = self.parser.close()
+                if tail is not None and not tail.only_comments:
+                    out += self._handle(tail)
+                out += b"".join(self._flush_block(i) for i in sorted(self.blocks))
+                return out
+        except Exception as e:  # fail closed: stop forwarding anything from this stream
+            self.failed = f"{type(e).__name__}: {e}"
+            self.blocks.clear()
+            return b"event: error\ndata: " + json.dumps({
+                "type": "error", "error": {"type": "egress_gateway_error",
+                                           "message": "the gateway stopped this stream: it "
+                                                      "could not be scanned"}}).encode() + b"\n\n"
+        return [out] if out else []
