@@ -72,7 +72,7 @@ PLUGIN_ENTITY: dict[str, str | None] = {
     "PrivateKeyDetector": None,
     "IPPublicDetector": None,
 }
-_TRIM = " \t\r\n=:\"'`,"
+_TRIM = " \t\r\n=:\"'`,;"
 
 
 def _keyword_regexes() -> list[tuple[re.Pattern, int]]:
@@ -178,6 +178,8 @@ class DetectSecretsRecognizer(EntityRecognizer):
             for rx, group in self._keyword:
                 for m in rx.finditer(text):
                     start, end = m.span(group)
+                    while end > start and text[end - 1] in _TRIM:
+                        end -= 1
                     secret = text[start:end]
                     line = _line_of(text, start, end)
                     if (

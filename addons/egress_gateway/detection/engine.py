@@ -102,7 +102,7 @@ _ORG_WORDS = frozenset(
     orchestra band records studios studio news times weekly daily journal magazine press
     airlines motors pharmaceuticals capital ventures fund trust church hospital clinic center
     centre museum library council ministry office team league union party cloud code studio
-    platform api sdk""".split()
+    platform api sdk project program programme release initiative""".split()
 )
 _NAME_TOKEN = re.compile(r"^[A-Z][a-zà-ÿ'’\-]+$|^[A-Z]\.?$")
 

@@ -695,7 +695,7 @@ class GatewayPhoneRecognizer(PhoneRecognizer):
     CONTEXT = [
         "phone", "phones", "telephone", "tel", "mobile", "cell", "cellphone", "fax", "desk",
         "office", "call", "calls", "calling", "dial", "text", "sms", "whatsapp", "reach",
-        "contact", "number", "answering", "messages", "message", "landline", "extension",
+        "contact", "answering", "messages", "message", "landline", "extension",
     ]  # fmt: skip
     SUPPORTED_REGIONS = ("US", "UK", "GB", "DE", "FR", "IL", "IN", "CA", "BR", "AU", "ES", "IT")
     FORMATTED_SCORE = 0.6
