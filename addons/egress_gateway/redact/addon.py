@@ -1,0 +1,441 @@
+"""The Redactor addon: PII and secrets redacted in place, both directions, off the event loop.
+
+Per flow and direction (policy ``redact:``, read per flow so edits apply to new flows):
+
+- the body (JSON, NDJSON, forms, multipart, text, SSE; gzip/deflate/br/zstd decoded with a
+  bounded decoder and re-encoded), the URL query values of requests, WebSocket text messages;
+- found values are rewritten with the entity's operator; a body in which nothing is found is
+  forwarded byte for byte; an entity whose operator is ``block`` refuses the flow
+  (403 ``sensitive_data``, entity types named, never values);
+- too large or unscannable bodies: the policy's ``too_large`` / ``unsupported`` action
+  (413 ``too_large`` / 415 ``unsupported_content``, or pass, noted in the metadata);
+- analysis runs on a thread pool (``gateway_scan_workers``) within ``gateway_scan_timeout``
+  seconds; an error or timeout refuses the flow (500 ``internal_error``), never forwards it.
+
+Visible, not leaky: ``flow.metadata["gateway"]["redactions"] = {"request": {ENTITY: n}, ...}``,
+a flow comment (``request: 2 EMAIL_ADDRESS``), a log line; counts and types only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from mitmproxy import ctx, exceptions, http
+
+from .. import hosts
+from ..refusal import refuse
+from ..session import session_of
+from . import bodies, codecs
+from .settings import DirectionRules, RedactSettings
+from .walker import TextJob
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BODY_LIMIT = 10 * 1024 * 1024
+DEFAULT_WORKERS = 2
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    body_limit: int = DEFAULT_BODY_LIMIT
+    workers: int = DEFAULT_WORKERS
+    timeout: float = DEFAULT_TIMEOUT
+
+
+def parse_options(body_limit, workers, timeout) -> ScanOptions:
+    """Validate the addon's options; raise ValueError naming the bad one."""
+    if not isinstance(body_limit, int) or body_limit < 1024:
+        raise ValueError(f"gateway_body_limit must be at least 1024 bytes, got {body_limit!r}")
+    if not isinstance(workers, int) or not 1 <= workers <= 64:
+        raise ValueError(f"gateway_scan_workers must be between 1 and 64, got {workers!r}")
+    if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+        raise ValueError(f"gateway_scan_timeout must be > 0 and <= 3600 seconds, got {timeout!r}")
+    return ScanOptions(body_limit, workers, float(timeout))
+
+
+# --- the work done on a worker thread ---------------------------------------------------------------
+@dataclass
+class Outcome:
+    """What scanning one message decided. Never holds found values, only counts and types."""
+
+    body: bytes | None = None  # new raw body; None: forward the original bytes
+    query: str | None = None  # new query string; None: unchanged
+    text: str | None = None  # new WebSocket text; None: unchanged
+    counts: Counter = field(default_factory=Counter)
+    refusal: tuple[str, str, dict] | None = None  # (code, reason, details)
+    unscanned: str | None = None  # why (part of) the message was passed unscanned
+    notes: list[str] = field(default_factory=list)
+
+
+def _policy_refusal(what: str, action: str, code: str, reason: str, out: Outcome) -> Outcome | None:
+    if action == "block":
+        out.refusal = (code, reason, {})
+        return out
+    out.unscanned = f"{what}: {reason}"
+    return None
+
+
+def scan_message(raw: bytes | None, content_type: str | None, content_encoding: str | None,
+                 query: str | None, rules: DirectionRules, limit: int,
+                 redact_many: Callable) -> Outcome:
+    """Plan, redact and rebuild one HTTP message (pure: no flow access; runs on a worker)."""
+    out = Outcome()
+    job = TextJob()
+    opts = bodies.Options(scope=rules.scope(), unsupported=rules.unsupported)
+    qfinish = bodies.plan_urlencoded(job, query, opts) if query else None
+    bplan = None
+    if raw is None:  # streamed: the body never passes through the gateway's hooks
+        if _policy_refusal("too_large", rules.too_large, "too_large",
+                           "the body is streamed and cannot be scanned", out):
+            return out
+    else:
+        try:
+            bplan = bodies.plan_body(job, raw, content_type, content_encoding, limit, opts)
+        except codecs.TooLarge as e:
+            if _policy_refusal("too_large", rules.too_large, "too_large", str(e), out):
+                return out
+        except bodies.Unsupported as e:
+            if _policy_refusal("unsupported", rules.unsupported, "unsupported_content", str(e), out):
+                return out
+    job.run(redact_many)
+    out.counts = job.counts
+    out.notes = opts.notes
+    if job.blocked:
+        names = sorted(job.blocked)
+        out.refusal = ("sensitive_data", f"the message carries data the policy blocks: "
+                       f"{', '.join(names)}", {"entities": names})
+        return out
+    if qfinish is not None:
+        out.query = qfinish()
+    if bplan is not None:
+        out.body = bplan.finish()
+    return out
+
+
+def scan_ws_text(text: str, rules: DirectionRules, redact_many: Callable) -> Outcome:
+    out = Outcome()
+    job = TextJob()
+    node = job.add_text(text, rules.scope())
+    job.run(redact_many)
+    out.counts = job.counts
+    if job.blocked:
+        names = sorted(job.blocked)
+        out.refusal = ("sensitive_data", f"the message carries data the policy blocks: "
+                       f"{', '.join(names)}", {"entities": names})
+        return out
+    out.text = job.result(node)
+    return out
+
+
+def _default_engine_factory(settings):
+    from ..detection import DetectionEngine
+
+    return DetectionEngine.get(settings)
+
+
+def _meta(flow) -> dict:
+    return flow.metadata.setdefault("gateway", {})
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {e}" for e, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+class Redactor:
+    """Redacts request and response bodies, query strings and WebSocket messages."""
+
+    name = "egress_gateway_redact"
+
+    def __init__(self, core, engine_factory: Callable | None = None) -> None:
+        self.core = core
+        self.engine_factory = engine_factory or _default_engine_factory
+        self.options = ScanOptions()
+        self.pool: ThreadPoolExecutor | None = None
+        self._rules_cache: dict = {}
+        self._engines: dict = {}
+        self._lock = threading.Lock()
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def load(self, loader) -> None:
+        loader.add_option(
+            "gateway_body_limit", int, DEFAULT_BODY_LIMIT,
+            "Largest body the gateway scans, in bytes, before and after decompression; larger "
+            "bodies follow the policy's redact.*.too_large action.",
+        )
+        loader.add_option(
+            "gateway_scan_workers", int, DEFAULT_WORKERS,
+            "Threads that scan bodies for PII and secrets (off the event loop).",
+        )
+        loader.add_option(
+            "gateway_scan_timeout", float, DEFAULT_TIMEOUT,
+            "Time budget in seconds for scanning one message; past it the flow is refused "
+            "(internal_error).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        names = {"gateway_body_limit", "gateway_scan_workers", "gateway_scan_timeout"}
+        if updated & names:
+            try:
+                opts = parse_options(ctx.options.gateway_body_limit,
+                                     ctx.options.gateway_scan_workers,
+                                     ctx.options.gateway_scan_timeout)
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from None
+            if self.pool is None or opts.workers != self.options.workers:
+                old = self.pool
+                self.pool = ThreadPoolExecutor(opts.workers, thread_name_prefix="gateway-scan")
+                if old is not None:
+                    old.shutdown(wait=False)
+            self.options = opts
+        if "gateway_policy" in updated and self.core.policy is not None:
+            # Presidio and spaCy load here (~1-2 s), before the gateway says it is ready.
+            try:
+                self.prewarm()
+            except Exception as e:
+                raise exceptions.OptionsError(f"cannot load the detection engine: {e}") from None
+
+    def done(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+    # --- policy lookups --------------------------------------------------------------------
+    def _settings(self, policy) -> tuple[RedactSettings, object]:
+        redact = getattr(policy, "redact", None) or RedactSettings()
+        detection = getattr(policy, "detection", None)
+        if detection is None:
+            from ..detection import DetectionSettings
+
+            detection = DetectionSettings()
+        return redact, detection
+
+    def rules_for(self, policy, host: str, path: str, direction: str) -> tuple[int, DirectionRules]:
+        redact, _ = self._settings(policy)
+        try:
+            host = hosts.normalize_host(host)
+        except ValueError:
+            pass
+        idx = next((i for i, r in enumerate(redact.rules) if r.matches(host, path)), -1)
+        key = (id(policy), idx, direction)
+        hit = self._rules_cache.get(key)
+        if hit is None or hit[0] is not policy:
+            if len(self._rules_cache) > 256:
+                self._rules_cache.clear()
+            rule = redact.rules[idx] if idx >= 0 else None
+            hit = (policy, redact._merged(rule, direction))
+            self._rules_cache[key] = hit
+        return idx, hit[1]
+
+    def engine_for(self, policy, idx: int, direction: str, rules: DirectionRules):
+        """The detection engine for one direction of one rule (built on first use; thread-safe)."""
+        key = (id(policy), idx, direction)
+        with self._lock:
+            hit = self._engines.get(key)
+        if hit is not None and hit[0] is policy:
+            return hit[1]
+        _, detection = self._settings(policy)
+        engine = self.engine_factory(rules.detection(detection))
+        with self._lock:
+            if len(self._engines) > 64:
+                self._engines.clear()
+            self._engines[key] = (policy, engine)
+        return engine
+
+    def prewarm(self) -> None:
+        policy = self.core.policy
+        redact, _ = self._settings(policy)
+        if not redact.enabled:
+            return
+        for idx in range(-1, len(redact.rules)):
+            for direction in ("request", "response"):
+                rule = redact.rules[idx] if idx >= 0 else None
+                rules = redact._merged(rule, direction)
+                if rules.enabled:
+                    self.engine_for(policy, idx, direction, rules)
+
+    # --- running a scan ---------------------------------------------------------------------
+    async def _run(self, fn: Callable[[], Outcome]) -> Outcome:
+        if self.pool is None:
+            raise RuntimeError("the scan worker pool is not running")
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(self.pool, fn), self.options.timeout)
+
+    def _record(self, flow, direction: str, out: Outcome) -> None:
+        meta = _meta(flow)
+        if out.counts:
+            red = meta.setdefault("redactions", {})
+            mine = red.setdefault(direction, {})
+            for e, n in out.counts.items():
+                mine[e] = mine.get(e, 0) + n
+            self._comment(flow)
+            log.info(f"egress gateway redacted the {direction} to {flow.request.pretty_host}: "
+                     f"{format_counts(out.counts)}")
+        if out.unscanned:
+            meta.setdefault("unscanned", {})[direction] = out.unscanned
+            log.warning(f"egress gateway passed the {direction} to {flow.request.pretty_host} "
+                        f"unscanned (policy): {out.unscanned}")
+        if out.notes:
+            meta.setdefault("redaction_notes", {})[direction] = out.notes[:10]
+
+    def _comment(self, flow) -> None:
+        meta = _meta(flow)
+        red = meta.get("redactions", {})
+        mine = "; ".join(f"{d}: {format_counts(red[d])}" for d in ("request", "response")
+                         if red.get(d))
+        prev = meta.get("redaction_comment")
+        base = flow.comment or ""
+        if prev and base.endswith(prev):
+            base = base[: -len(prev)].rstrip("; ")
+        flow.comment = f"{base}; {mine}" if base else mine
+        meta["redaction_comment"] = mine
+
+    def _fail(self, flow, direction: str, e: BaseException) -> None:
+        if isinstance(e, TimeoutError):
+            reason = (f"scanning the {direction} exceeded the time budget of "
+                      f"{self.options.timeout:g} s")
+            log.error(f"egress gateway: {reason}; refusing the flow")
+        else:
+            reason = f"the gateway failed while scanning the {direction}"
+            log.error(f"egress gateway: internal error while scanning the {direction}; refusing "
+                      f"the flow", exc_info=e)
+        refuse(flow, "internal_error", reason)
+
+    async def _scan_http(self, flow: http.HTTPFlow, direction: str) -> None:
+        policy = self.core.policy
+        if policy is None:
+            raise RuntimeError("no policy loaded")
+        redact, _ = self._settings(policy)
+        if not redact.enabled:
+            return
+        idx, rules = self.rules_for(policy, flow.request.host, flow.request.path, direction)
+        if not rules.enabled:
+            return
+        msg = flow.request if direction == "request" else flow.response
+        query = None
+        if direction == "request" and rules.query:
+            query = flow.request.path.partition("?")[2] or None
+        raw = msg.raw_content
+        if raw is None and not msg.stream:
+            raw = b""
+        if not raw and not query:
+            return
+        session = session_of(flow)
+        limit = self.options.body_limit
+        ct, ce = msg.headers.get("content-type"), msg.headers.get("content-encoding")
+
+        def work() -> Outcome:
+            engine = self.engine_for(policy, idx, direction, rules)
+            return scan_message(raw, ct, ce, query, rules, limit,
+                                lambda texts: engine.redact_many(texts, session=session))
+
+        out = await self._run(work)
+        self._record(flow, direction, out)
+        if out.refusal:
+            code, reason, details = out.refusal
+            refuse(flow, code, reason, direction=direction, **details)
+            log.info(f"egress gateway refused the {direction} to {flow.request.pretty_host}: "
+                     f"{code}")
+            return
+        if out.query is not None:
+            flow.request.path = flow.request.path.partition("?")[0] + "?" + out.query
+        if out.body is not None:
+            msg.raw_content = out.body
+            if "transfer-encoding" not in msg.headers or "content-length" in msg.headers:
+                msg.headers["content-length"] = str(len(out.body))
+
+    # --- hooks ------------------------------------------------------------------------------
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Refuse a declared over-limit body before mitmproxy buffers it."""
+        if flow.response or flow.error or not flow.live:
+            return
+        try:
+            policy = self.core.policy
+            if policy is None or not self._settings(policy)[0].enabled:
+                return
+            _, rules = self.rules_for(policy, flow.request.host, flow.request.path, "request")
+            if not rules.enabled or rules.too_large != "block":
+                return
+            length = flow.request.headers.get("content-length")
+            if length and length.strip().isdigit() and int(length) > self.options.body_limit:
+                refuse(flow, "too_large", f"the request body of {int(length)} bytes exceeds the "
+                       f"limit of {self.options.body_limit}", direction="request")
+        except Exception as e:
+            self._fail(flow, "request", e)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        try:
+            await self._scan_http(flow, "request")
+        except Exception as e:  # TimeoutError included
+            self._fail(flow, "request", e)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None or _meta(flow).get("decision") == "blocked":
+            return  # the gateway's own answer
+        try:
+            await self._scan_http(flow, "response")
+        except Exception as e:
+            self._fail(flow, "response", e)
+
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None or not flow.websocket.messages:
+            return
+        msg = flow.websocket.messages[-1]
+        if msg.dropped:
+            return
+        direction = "request" if msg.from_client else "response"
+        try:
+            policy = self.core.policy
+            if policy is None:
+                raise RuntimeError("no policy loaded")
+            if not self._settings(policy)[0].enabled:
+                return
+            idx, rules = self.rules_for(policy, flow.request.host, flow.request.path, direction)
+            if not rules.enabled:
+                return
+            out = Outcome()
+            if not msg.is_text:
+                if _policy_refusal("unsupported", rules.unsupported, "unsupported_content",
+                                   "binary WebSocket message", out):
+                    msg.drop()
+                self._record(flow, direction, out)
+                return
+            if len(msg.content) > self.options.body_limit:
+                if _policy_refusal("too_large", rules.too_large, "too_large",
+                                   "WebSocket message over the body limit", out):
+                    msg.drop()
+                self._record(flow, direction, out)
+                return
+            text = msg.content.decode("utf-8", errors="replace")
+            session = session_of(flow)
+
+            def work() -> Outcome:
+                engine = self.engine_for(policy, idx, direction, rules)
+                return scan_ws_text(text, rules,
+                                    lambda texts: engine.redact_many(texts, session=session))
+
+            out = await self._run(work)
+            self._record(flow, direction, out)
+            if out.refusal:
+                msg.drop()
+                _meta(flow).setdefault("websocket_dropped", {}).setdefault(direction, 0)
+                _meta(flow)["websocket_dropped"][direction] += 1
+                log.info(f"egress gateway dropped a WebSocket message ({direction}): "
+                         f"{out.refusal[0]}")
+            elif out.text is not None:
+                msg.content = out.text.encode("utf-8")
+        except Exception as e:
+            msg.drop()
+            if isinstance(e, TimeoutError):
+                log.error("egress gateway: scanning a WebSocket message timed out; dropped it")
+            else:
+                log.error("egress gateway: internal error while scanning a WebSocket message; "
+                          "dropped it", exc_info=e)

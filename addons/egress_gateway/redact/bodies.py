@@ -1,0 +1,412 @@
+"""Rewrite message bodies in place, per content type.
+
+Each ``plan_*`` function puts the strings of one part of a message into a `TextJob` and
+returns a *finish* callable; after ``job.run(...)`` the finish callable returns the rewritten
+bytes, or None when nothing changed (the caller then forwards the original bytes untouched).
+
+Content kinds (`content_kind`):
+
+==============  ==============================================================================
+json            ``application/json``, ``*/*+json``, ``text/json``: every string value
+                (scoped by JSON paths); invalid JSON is scanned as plain text
+ndjson          ``application/x-ndjson``, ``application/jsonl`` ...: each line as JSON
+form            ``application/x-www-form-urlencoded``: values (keys untouched)
+multipart       ``multipart/*``: text and JSON parts; binary parts are "unsupported"
+sse             ``text/event-stream``: each event's ``data`` payload, framing kept
+text            ``text/*``, XML, YAML, JavaScript, GraphQL; no Content-Type: sniffed
+binary          everything else: not scannable ("unsupported")
+==============  ==============================================================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import quote_plus, unquote_plus
+
+from . import codecs
+from .paths import EVERYTHING, Scope
+from .walker import JsonError, TextJob
+
+Finish = Callable[[], bytes | None]
+
+NDJSON_TYPES = {
+    "application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonl",
+    "application/jsonlines", "application/x-jsonlines",
+}
+TEXT_APPLICATION_TYPES = {
+    "application/xml", "application/javascript", "application/x-javascript",
+    "application/ecmascript", "application/yaml", "application/x-yaml", "application/toml",
+    "application/graphql", "application/sql", "application/x-sh", "application/xhtml+xml",
+    "application/csv", "application/x-www-form-urlencoded+text",
+}
+MAX_MULTIPART_DEPTH = 3
+
+
+class Unsupported(ValueError):
+    """A body (or part) the gateway cannot scan: binary, unknown type, bad charset/encoding."""
+
+
+@dataclass
+class Options:
+    """How to treat what is found while planning."""
+
+    scope: Scope = EVERYTHING
+    unsupported: str = "block"  # pass: skip unscannable multipart parts (noted) instead of raising
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_content_type(value: str | None) -> tuple[str, dict[str, str]]:
+    """``(mime, params)`` with the mime type lowercased; ``("", {})`` if absent."""
+    if not value:
+        return "", {}
+    mime, _, rest = value.partition(";")
+    params: dict[str, str] = {}
+    for item in re.finditer(r'\s*([^=;\s]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)', rest):
+        v = item.group(2).strip()
+        if v.startswith('"') and v.endswith('"') and len(v) >= 2:
+            v = re.sub(r"\\(.)", r"\1", v[1:-1])
+        params[item.group(1).lower()] = v
+    return mime.strip().lower(), params
+
+
+def _sniff_text(data: bytes) -> bool:
+    if b"\x00" in data[:8192]:
+        return False
+    try:
+        sample = data[:65536].decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(data[:65536]) - 4:  # not merely a character cut by the sample's end
+            return False
+        sample = data[: e.start].decode("utf-8")
+    controls = sum(1 for c in sample if ord(c) < 32 and c not in "\t\n\r\f")
+    return controls <= len(sample) // 100
+
+
+def content_kind(content_type: str | None, data: bytes) -> str:
+    mime, _ = parse_content_type(content_type)
+    if not mime:
+        return "text" if _sniff_text(data) else "binary"
+    major, _, minor = mime.partition("/")
+    if mime in NDJSON_TYPES:
+        return "ndjson"
+    if minor == "json" or minor.endswith("+json") or mime == "application/x-json":
+        return "json"
+    if mime == "application/x-www-form-urlencoded":
+        return "form"
+    if major == "multipart":
+        return "multipart"
+    if mime == "text/event-stream":
+        return "sse"
+    if major == "text" or mime in TEXT_APPLICATION_TYPES or minor.endswith("+xml"):
+        return "text"
+    return "binary"
+
+
+def _decode_text(data: bytes, charset: str | None) -> tuple[str, str]:
+    """(text, charset used); a UTF-8 BOM is kept in the text (and therefore written back)."""
+    cs = (charset or "utf-8").strip().lower()
+    try:
+        return data.decode(cs), cs
+    except LookupError:
+        raise Unsupported(f"unknown charset {charset!r}") from None
+    except UnicodeDecodeError:
+        raise Unsupported(f"body is not valid {cs} text") from None
+
+
+def _encoder(cs: str) -> Callable[[str], bytes]:
+    def enc(text: str) -> bytes:
+        try:
+            return text.encode(cs)
+        except UnicodeEncodeError:
+            # a replacement the charset cannot hold (e.g. non-Latin pseudonym in latin-1)
+            return text.encode(cs, errors="xmlcharrefreplace")
+
+    return enc
+
+
+# --- per kind ------------------------------------------------------------------------------------
+def plan_text(job: TextJob, data: bytes, charset: str | None, opts: Options) -> Finish:
+    text, cs = _decode_text(data, charset)
+    node = job.add_text(text, opts.scope)
+    enc = _encoder(cs)
+
+    def finish() -> bytes | None:
+        new = job.result(node)
+        return None if new is None else enc(new)
+
+    return finish
+
+
+def plan_json(job: TextJob, data: bytes, opts: Options) -> Finish:
+    text, _ = _decode_text(data, "utf-8")
+    bom = text.startswith("\ufeff")
+    try:
+        node = job.add_json(text[1:] if bom else text, opts.scope)
+    except JsonError as e:
+        # Deliberate: a body labelled JSON that is not JSON is still text; scan it as such.
+        opts.notes.append(f"invalid JSON scanned as text ({e})")
+        node = job.add_text(text, EVERYTHING)
+        bom = False
+
+    def finish() -> bytes | None:
+        new = job.result(node)
+        if new is None:
+            return None
+        return (("\ufeff" if bom else "") + new).encode("utf-8")
+
+    return finish
+
+
+_LINE = re.compile(r"([^\r\n]*)(\r\n|\n|\r|\Z)")
+
+
+def plan_ndjson(job: TextJob, data: bytes, opts: Options) -> Finish:
+    text, _ = _decode_text(data, "utf-8")
+    lines: list[tuple[str, str, object]] = []
+    for m in _LINE.finditer(text):
+        line, end = m.group(1), m.group(2)
+        if not line and not end:
+            break
+        node = None
+        if line.strip():
+            try:
+                node = job.add_json(line, opts.scope)
+            except JsonError:
+                node = job.add_text(line, EVERYTHING)
+        lines.append((line, end, node))
+
+    def finish() -> bytes | None:
+        out, changed = [], False
+        for line, end, node in lines:
+            new = job.result(node) if node is not None else None
+            changed |= new is not None
+            out.append((line if new is None else new) + end)
+        return "".join(out).encode("utf-8") if changed else None
+
+    return finish
+
+
+def plan_urlencoded(job: TextJob, text: str, opts: Options) -> Callable[[], str | None]:
+    """``a=1&b=x`` (form bodies and query strings): values scanned, keys and layout kept."""
+    pairs = []
+    for pair in text.split("&"):
+        key, eq, value = pair.partition("=")
+        node = None
+        if eq and value:
+            decoded = value
+            if "%" in value or "+" in value:
+                try:
+                    decoded = unquote_plus(value, errors="strict")
+                except UnicodeDecodeError:  # not UTF-8: scanned anyway, rewritten only if found
+                    decoded = unquote_plus(value, errors="replace")
+            node = job.add_text(decoded, opts.scope)
+        pairs.append((key, eq, value, node))
+
+    def finish() -> str | None:
+        out, changed = [], False
+        for key, eq, value, node in pairs:
+            new = job.result(node) if node is not None else None
+            if new is not None:
+                changed = True
+                value = quote_plus(new, safe="")
+            out.append(key + eq + value)
+        return "&".join(out) if changed else None
+
+    return finish
+
+
+def plan_form(job: TextJob, data: bytes, charset: str | None, opts: Options) -> Finish:
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise Unsupported("form body with raw non-ASCII bytes") from None
+    inner = plan_urlencoded(job, text, opts)
+
+    def finish() -> bytes | None:
+        new = inner()
+        return None if new is None else new.encode("ascii")
+
+    return finish
+
+
+# --- server-sent events --------------------------------------------------------------------------
+_EVENT_SPLIT = re.compile(r"(\r\n\r\n|\n\n|\r\r)")
+_EVENT_LINE = re.compile(r"([^\r\n]*)(\r\n|\n|\r|\Z)")
+
+
+def sse_event_data(event: str) -> str | None:
+    """The ``data`` payload of one SSE event (its data lines joined by newlines), or None."""
+    data = None
+    for m in _EVENT_LINE.finditer(event):
+        line = m.group(1)
+        if line.startswith("data"):
+            name, colon, value = line.partition(":")
+            if name != "data":
+                continue
+            if value.startswith(" "):
+                value = value[1:]
+            data = value if data is None else data + "\n" + value
+        if not m.group(2):
+            break
+    return data
+
+
+def sse_replace_data(event: str, payload: str) -> str:
+    """`event` with its data lines replaced by `payload` (at the first data line's place)."""
+    out, placed = [], False
+    newline = "\r\n" if "\r\n" in event else "\n"
+    for m in _EVENT_LINE.finditer(event):
+        line, end = m.group(1), m.group(2)
+        if not line and not end:
+            break
+        name = line.partition(":")[0]
+        if name == "data":
+            if not placed:
+                placed = True
+                lines = payload.split("\n")
+                out.append(newline.join(f"data: {p}" for p in lines) + end)
+            continue
+        out.append(line + end)
+    return "".join(out)
+
+
+def plan_sse_event(job: TextJob, event: str, scope: Scope = EVERYTHING) -> Callable[[], str | None]:
+    """Plan one event (the seam for streaming redaction): its data payload is scanned (as JSON
+    when it is JSON); finish() gives the rewritten event or None. Other fields are untouched."""
+    payload = sse_event_data(event)
+    node = job.add_text(payload, scope) if payload else None
+
+    def finish() -> str | None:
+        new = job.result(node) if node is not None else None
+        return None if new is None else sse_replace_data(event, new)
+
+    return finish
+
+
+def plan_sse(job: TextJob, data: bytes, charset: str | None, opts: Options) -> Finish:
+    text, cs = _decode_text(data, charset)
+    pieces = _EVENT_SPLIT.split(text)  # event, separator, event, separator, ..., tail
+    plans = [(p, plan_sse_event(job, p, opts.scope) if i % 2 == 0 else None)
+             for i, p in enumerate(pieces)]
+
+    def finish() -> bytes | None:
+        out, changed = [], False
+        for piece, fin in plans:
+            new = fin() if fin is not None else None
+            changed |= new is not None
+            out.append(piece if new is None else new)
+        return "".join(out).encode(cs) if changed else None
+
+    return finish
+
+
+# --- multipart -----------------------------------------------------------------------------------
+def _part_headers(head: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in head.decode("latin-1").split("\r\n"):
+        name, colon, value = line.partition(":")
+        if colon:
+            out[name.strip().lower()] = value.strip()
+    return out
+
+
+def plan_multipart(job: TextJob, data: bytes, params: dict[str, str], opts: Options,
+                   depth: int = 0) -> Finish:
+    boundary = params.get("boundary")
+    if not boundary or depth >= MAX_MULTIPART_DEPTH:
+        raise Unsupported("multipart body without a boundary" if not boundary
+                          else "multipart nested too deeply")
+    delim = b"\r\n--" + boundary.encode("latin-1")
+    lead = not data.startswith(delim[2:])
+    pieces = (data if lead else b"\r\n" + data).split(delim)
+    if len(pieces) < 3 or not pieces[-1].startswith(b"--"):
+        raise Unsupported("malformed multipart body (no closing boundary)")
+    plans: list[tuple[bytes, bytes, Finish | None]] = []
+    for i, piece in enumerate(pieces):
+        if i == 0 or i == len(pieces) - 1:
+            plans.append((piece, b"", None))
+            continue
+        head_end = piece.find(b"\r\n\r\n")
+        if head_end < 0:
+            raise Unsupported("malformed multipart part (no header end)")
+        head, body = piece[: head_end + 4], piece[head_end + 4 :]
+        headers = _part_headers(head)
+        try:
+            if headers.get("content-transfer-encoding", "").lower() not in ("", "7bit", "8bit",
+                                                                              "binary"):
+                raise Unsupported("multipart part with a transfer encoding")
+            fin = plan_part(job, body, headers.get("content-type"), opts, depth + 1)
+        except Unsupported as e:
+            if opts.unsupported != "pass":
+                raise
+            opts.notes.append(f"multipart part not scanned: {e}")
+            fin = None
+        plans.append((head, body, fin))
+
+    def finish() -> bytes | None:
+        out, changed = [], False
+        for head, body, fin in plans:
+            new = fin() if fin is not None else None
+            changed |= new is not None
+            out.append(head + (body if new is None else new))
+        if not changed:
+            return None
+        joined = delim.join(out)
+        return joined if lead else joined[2:]
+
+    return finish
+
+
+def plan_part(job: TextJob, data: bytes, content_type: str | None, opts: Options,
+              depth: int = 0) -> Finish:
+    """Plan a decoded body (or multipart part) of the given Content-Type."""
+    kind = content_kind(content_type, data)
+    _, params = parse_content_type(content_type)
+    charset = params.get("charset")
+    if kind == "json":
+        return plan_json(job, data, opts)
+    if kind == "ndjson":
+        return plan_ndjson(job, data, opts)
+    if kind == "form":
+        return plan_form(job, data, charset, opts)
+    if kind == "multipart":
+        return plan_multipart(job, data, params, opts, depth)
+    if kind == "sse":
+        return plan_sse(job, data, charset, opts)
+    if kind == "text":
+        return plan_text(job, data, charset, opts)
+    mime, _ = parse_content_type(content_type)
+    raise Unsupported(f"cannot scan {mime or 'unlabelled binary'} content")
+
+
+# --- whole bodies --------------------------------------------------------------------------------
+@dataclass
+class BodyPlan:
+    """A planned body: `finish()` returns the new raw (re-encoded) body or None if unchanged."""
+
+    encodings: list[str]
+    inner: Finish | None
+
+    def finish(self) -> bytes | None:
+        if self.inner is None:
+            return None
+        new = self.inner()
+        return None if new is None else codecs.encode(new, self.encodings)
+
+
+def plan_body(job: TextJob, raw: bytes, content_type: str | None, content_encoding: str | None,
+              limit: int, opts: Options) -> BodyPlan:
+    """Plan a raw body. Raises codecs.TooLarge (over `limit`, before or after decoding) or
+    Unsupported (unscannable type, charset or encoding)."""
+    if not raw:
+        return BodyPlan([], None)
+    if len(raw) > limit:
+        raise codecs.TooLarge(f"body of {len(raw)} bytes exceeds the limit of {limit}")
+    try:
+        encodings = codecs.parse_encodings(content_encoding)
+        data = codecs.decode(raw, encodings, limit)
+    except codecs.BadEncoding as e:
+        raise Unsupported(str(e)) from None
+    return BodyPlan(encodings, plan_part(job, data, content_type, opts))

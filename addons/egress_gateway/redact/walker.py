@@ -1,0 +1,256 @@
+"""Redact the strings of JSON documents and texts in place, in one batch.
+
+The JSON walker is a small iterative tokenizer (no recursion: 100k levels of nesting are fine).
+It records the span of every string *value* (keys are never scanned), so a rewrite splices only
+the strings that changed into the original text: key order, whitespace, escapes and numbers
+(huge integers, ``1.10``) stay exactly as they were, and a document in which nothing was found is
+returned as the very same object.
+
+A string value that itself holds a JSON object or array (tool-call ``arguments``, a tool result
+that is an API response) is walked as JSON too, and its paths continue from the string's path
+(``tool_calls[*].function.arguments.email``).
+
+`TextJob` collects texts and JSON documents from any part of a message (JSON body, form values,
+query values, SSE event data, WebSocket messages), redacts all their strings with one
+``redact_many`` call (one batched NER pass), and gives back the rewritten pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .paths import EVERYTHING, Scope, State
+
+#: JSON encoded inside JSON strings is walked up to this many levels deep.
+MAX_ENCODED_DEPTH = 4
+
+
+class JsonError(ValueError):
+    """Not a (complete, strict) JSON document."""
+
+
+_TOKEN = re.compile(
+    r"[ \t\n\r]*(?:"
+    r'(?P<s>"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*")'
+    r"|(?P<p>[{}\[\]:,])"
+    r"|(?P<n>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
+    r"|(?P<l>true|false|null)"
+    r")"
+)
+_TRAILING_WS = re.compile(r"[ \t\n\r]*\Z")
+
+# Parser expectations.
+_VALUE, _VALUE_OR_CLOSE, _KEY, _KEY_OR_CLOSE, _COLON, _COMMA_OR_CLOSE = range(6)
+
+
+def decode_string(token: str) -> str:
+    """The value of a JSON string token (with its quotes)."""
+    if "\\" not in token:
+        return token[1:-1]
+    return json.loads(token)
+
+
+def encode_string(value: str) -> str:
+    """A JSON string token for `value` (UTF-8 output; lone surrogates as \\u escapes)."""
+    out = json.dumps(value, ensure_ascii=False)
+    try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        out = json.dumps(value)
+    return out
+
+
+def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None):
+    """Validate `text` as one JSON document and list its scanned string values.
+
+    Returns ``[(start, end, value, state)]`` for every string value (not key) whose node the
+    scope selects; ``state`` is the node's scope state (for JSON nested in the string).
+    Raises JsonError for anything that is not strict JSON.
+    """
+    state0 = root if root is not None else scope.root()
+    out: list[tuple[int, int, str, State]] = []
+    # frame: [is_object, state, pending key, index]
+    stack: list[list] = []
+    expect = _VALUE
+    done = False
+    pos = 0
+    n = len(text)
+    match = _TOKEN.match
+    child = scope.child
+    while pos < n:
+        m = match(text, pos)
+        if m is None:
+            if _TRAILING_WS.match(text, pos) and done:
+                break
+            raise JsonError(f"invalid JSON at character {pos}")
+        if done:
+            raise JsonError(f"extra data after the JSON document at character {m.start(m.lastgroup)}")
+        pos = m.end()
+        kind = m.lastgroup
+        tok = m.group(kind)
+        if expect in (_VALUE, _VALUE_OR_CLOSE):
+            if kind == "p" and tok == "]" and expect == _VALUE_OR_CLOSE:
+                stack.pop()
+            elif kind == "p" and tok not in "{[":
+                raise JsonError(f"expected a value at character {m.start(kind)}")
+            else:
+                if stack:
+                    top = stack[-1]
+                    parent = top[1]
+                    if parent.dead or (parent.selected and not parent.skip):
+                        st = parent
+                    else:
+                        st = child(parent, top[2] if top[0] else top[3])
+                else:
+                    st = state0
+                if kind == "p":  # { or [
+                    is_obj = tok == "{"
+                    stack.append([is_obj, st, None, 0])
+                    expect = _KEY_OR_CLOSE if is_obj else _VALUE_OR_CLOSE
+                    continue
+                if kind == "s" and st.selected and not st.skipped:
+                    out.append((m.start(kind), pos, decode_string(tok), st))
+        elif expect in (_KEY, _KEY_OR_CLOSE):
+            if kind == "s":
+                top = stack[-1]
+                st = top[1]
+                # Keys are decoded only where the scope still has to decide something.
+                top[2] = None if st.dead or (st.selected and not st.skip) else decode_string(tok)
+                expect = _COLON
+                continue
+            if kind == "p" and tok == "}" and expect == _KEY_OR_CLOSE:
+                stack.pop()
+            else:
+                raise JsonError(f"expected a key at character {m.start(kind)}")
+        elif expect == _COLON:
+            if tok != ":" or kind != "p":
+                raise JsonError(f"expected ':' at character {m.start(kind)}")
+            expect = _VALUE
+            continue
+        else:  # _COMMA_OR_CLOSE
+            top = stack[-1]
+            if kind == "p" and tok == ",":
+                if top[0]:
+                    expect = _KEY
+                else:
+                    top[3] += 1
+                    expect = _VALUE
+                continue
+            if kind == "p" and tok == ("}" if top[0] else "]"):
+                stack.pop()
+            else:
+                raise JsonError(f"expected ',' or a closing bracket at character {m.start(kind)}")
+        # a value (or a container) is complete
+        if stack:
+            expect = _COMMA_OR_CLOSE
+        else:
+            done = True
+    if not done:
+        raise JsonError("truncated JSON document" if n else "empty JSON document")
+    return out
+
+
+def splice(text: str, replacements: list[tuple[int, int, str]]) -> str:
+    """`text` with each ``(start, end, new)`` span (sorted, non-overlapping) replaced."""
+    parts = []
+    last = 0
+    for start, end, new in replacements:
+        parts.append(text[last:start])
+        parts.append(new)
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
+
+
+def looks_like_json(text: str) -> bool:
+    t = text.strip()
+    return len(t) >= 2 and ((t[0] == "{" and t[-1] == "}") or (t[0] == "[" and t[-1] == "]"))
+
+
+# --- batching -----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Str:
+    """A string to redact: plain (index into the batch) or holding a JSON document."""
+
+    value: str
+    index: int = -1
+    doc: _Doc | None = None
+
+
+@dataclass(slots=True)
+class _Doc:
+    text: str
+    leaves: list[tuple[int, int, _Str]] = field(default_factory=list)
+
+
+class TextJob:
+    """Collect texts and JSON documents, redact all their strings in one batch.
+
+    ``h = job.add_text(s)`` / ``h = job.add_json(s, scope)``; ``job.run(redact_many)``;
+    ``job.result(h)`` is the new text, or None when nothing in it changed. ``counts`` (per entity)
+    and ``blocked`` (entities whose operator is ``block``) cover everything the job scanned.
+    """
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self._results: list = []
+        self.counts: Counter = Counter()
+        self.blocked: set[str] = set()
+        self.json_leaves = 0
+
+    # -- collecting ----------------------------------------------------------------------
+    def _string(self, value: str, scope: Scope, state: State, depth: int) -> _Str:
+        node = _Str(value)
+        if depth < MAX_ENCODED_DEPTH and looks_like_json(value):
+            try:
+                node.doc = self._doc(value, scope, state, depth + 1)
+                return node
+            except JsonError:
+                pass
+        node.index = len(self.texts)
+        self.texts.append(value)
+        return node
+
+    def _doc(self, text: str, scope: Scope, root: State | None, depth: int) -> _Doc:
+        spans = string_spans(text, scope, root)
+        doc = _Doc(text)
+        self.json_leaves += len(spans)
+        for start, end, value, st in spans:
+            doc.leaves.append((start, end, self._string(value, scope, st, depth)))
+        return doc
+
+    def add_text(self, text: str, scope: Scope = EVERYTHING) -> _Str:
+        """A text to redact; if it is a JSON object or array, its string values are."""
+        return self._string(text, scope, scope.root(), 0)
+
+    def add_json(self, text: str, scope: Scope = EVERYTHING) -> _Str:
+        """A JSON document (raises JsonError if it is not one): its scoped string values."""
+        return _Str(text, doc=self._doc(text, scope, None, 1))
+
+    # -- redacting -----------------------------------------------------------------------
+    def run(self, redact_many: Callable[[list[str]], Sequence]) -> None:
+        self._results = list(redact_many(self.texts)) if self.texts else []
+        if len(self._results) != len(self.texts):
+            raise RuntimeError("redact_many returned a result count that does not match")
+        for r in self._results:
+            if r.counts:
+                self.counts.update(r.counts)
+            if r.blocked:
+                self.blocked |= set(r.blocked)
+
+    def result(self, node: _Str) -> str | None:
+        """The rewritten text of `node`, or None if nothing in it changed."""
+        if node.doc is not None:
+            doc = node.doc
+            reps = []
+            for start, end, leaf in doc.leaves:
+                new = self.result(leaf)
+                if new is not None:
+                    reps.append((start, end, encode_string(new)))
+            return splice(doc.text, reps) if reps else None
+        r = self._results[node.index]
+        return r.text if r.findings and r.text != node.value else None
