@@ -9,6 +9,10 @@ Data (``--data DIR``, default ``../shared/eval`` next to the repository root):
   ZIP_CODE, DOMAIN_NAME, US_DRIVER_LICENSE (the gateway does not target them).
 * ``secrets_dev.jsonl``: one snippet per row, ``positive`` or ``negative_fp``.
 
+Altered negatives are split three ways: real-format public example keys (a vendor format whose
+value is not a placeholder), vendor-format placeholders (``ghp_xxxx…``: reported because
+``report_placeholder_tokens`` is on) and true false positives (anything else, PII included).
+
 Span matching rule (PII):
 
 * a gold span is *recalled* if a predicted span of the same (mapped) type overlaps it;
@@ -19,9 +23,7 @@ Span matching rule (PII):
 
 Secrets (per row): a ``positive`` row is recalled if a secret finding overlaps the labelled
 ``secret`` value (any secret finding when the row gives no value). A ``negative_fp`` row is
-*altered* if anything is found. Altered negatives whose findings are all strict vendor formats
-(prefix + fixed shape, e.g. ``AIza…``, ``AKIA…``, ``ghp_…``) are reported apart as real-format
-public example keys; the rest are true false positives.
+*altered* if anything is found. See below for how altered negatives are split.
 """
 
 from __future__ import annotations
@@ -140,7 +142,9 @@ def _secret_spans(text: str, secret: str | None) -> list[tuple[int, int]]:
 def eval_secrets(engine, rows: list[dict], secret_entities: set[str]) -> dict:
     findings = _batched(engine, [r["text"] for r in rows])
     by_type: dict[str, Counter] = defaultdict(Counter)
-    neg_true_fp, neg_example, missed = [], [], []
+    from egress_gateway.detection.recognizers import is_placeholder
+
+    neg_true_fp, neg_example, neg_placeholder, missed = [], [], [], []
     hits_on_neg = Counter()
     pos = pos_hit = neg = 0
     for row, found in zip(rows, findings, strict=True):
@@ -168,10 +172,13 @@ def eval_secrets(engine, rows: list[dict], secret_entities: set[str]) -> dict:
                 hits_on_neg.update({f.entity_type for f in found})
                 item = {"type": t, "text": row["text"][:120], "found": sorted(
                     {f.entity_type for f in found})}  # fmt: skip
-                if all(f.entity_type in VENDOR_FORMATS for f in found):
-                    neg_example.append(item)
-                else:
+                values = [row["text"][f.start : f.end] for f in found]
+                if not all(f.entity_type in VENDOR_FORMATS for f in found):
                     neg_true_fp.append(item)
+                elif any(is_placeholder(v) for v in values):
+                    neg_placeholder.append(item)
+                else:
+                    neg_example.append(item)
     per_type = {
         t: {
             "positive": c["positive"],
@@ -181,22 +188,23 @@ def eval_secrets(engine, rows: list[dict], secret_entities: set[str]) -> dict:
         }
         for t, c in sorted(by_type.items())
     }
-    flagged = pos_hit + len(neg_true_fp) + len(neg_example)
+    altered = len(neg_true_fp) + len(neg_example) + len(neg_placeholder)
+    flagged = pos_hit + altered
     return {
         "positives": pos,
         "recall": round(pos_hit / pos, 4) if pos else None,
         "negatives": neg,
-        "negatives_altered": len(neg_true_fp) + len(neg_example),
+        "negatives_altered": altered,
         "negatives_altered_real_format_example_keys": len(neg_example),
+        "negatives_altered_placeholder_tokens": len(neg_placeholder),
         "negatives_altered_true_fp": len(neg_true_fp),
-        "negatives_altered_share": round((len(neg_true_fp) + len(neg_example)) / neg, 4)
-        if neg
-        else None,
+        "negatives_altered_share": round(altered / neg, 4) if neg else None,
         "row_precision": round(pos_hit / flagged, 4) if flagged else None,
         "entities_hitting_negatives": dict(hits_on_neg.most_common()),
         "per_dataset_type": per_type,
         "true_fp_rows": neg_true_fp,
         "example_key_rows": neg_example,
+        "placeholder_token_rows": neg_placeholder,
         "missed_rows": missed,
     }
 
@@ -233,8 +241,9 @@ def print_report(res: dict, out=sys.stdout) -> None:
               file=out)  # fmt: skip
         print(f"negative_fp rows altered: {sec['negatives_altered']}/{sec['negatives']} = "
               f"{_fmt(sec['negatives_altered_share'])}: real-format public example keys "
-              f"{sec['negatives_altered_real_format_example_keys']}, true false positives "
-              f"{sec['negatives_altered_true_fp']}", file=out)  # fmt: skip
+              f"{sec['negatives_altered_real_format_example_keys']}, vendor-format placeholders "
+              f"{sec['negatives_altered_placeholder_tokens']} (report_placeholder_tokens), "
+              f"true false positives {sec['negatives_altered_true_fp']}", file=out)  # fmt: skip
         print(f"row precision: {_fmt(sec['row_precision'])}; entities on negatives: "
               f"{sec['entities_hitting_negatives']}", file=out)  # fmt: skip
     if "seconds" in res:
@@ -288,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, key in (
             ("TRUE FP", "true_fp_rows"),
             ("EXAMPLE KEY", "example_key_rows"),
+            ("PLACEHOLDER", "placeholder_token_rows"),
             ("MISSED", "missed_rows"),
         ):
             for item in res["secrets"][key]:
