@@ -1,12 +1,21 @@
 """The audit log: one JSON line per flow, written by exactly one writer (`AuditLog`).
 
 Lines carry decisions, identities and counts only: never bodies, header values or query strings.
+
+The lines form a hash chain. Each line gets ``seq`` (1, 2, ...), ``prev`` (the previous line's
+hash; 64 zeros for the first) and, last, ``hash``: SHA-256 (or HMAC-SHA-256 with a key) of the
+line's exact bytes up to, not including, ``,"hash":"...``, closed with ``}``. A checkpoint file
+beside the log (``<log>.checkpoint``) holds the latest ``seq`` and ``hash`` so that a cut-off tail
+shows. `egress_gateway.verify` checks all of it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,26 +26,141 @@ from . import session
 
 log = logging.getLogger(__name__)
 
+GENESIS = "0" * 64
+HASH_SEP = ',"hash":"'
+CHECKPOINT_SUFFIX = ".checkpoint"
+_TAIL_BYTES = 1 << 20
+
+
+def line_hash(body: bytes, key: bytes | None) -> str:
+    """The hash of a line's body: SHA-256, or HMAC-SHA-256 when keyed."""
+    if key:
+        return hmac.new(key, body, hashlib.sha256).hexdigest()
+    return hashlib.sha256(body).hexdigest()
+
+
+def seal(record: dict, seq: int, prev: str, key: bytes | None) -> tuple[str, str]:
+    """(line without newline, its hash) for `record` as chain element `seq` after `prev`."""
+    rec = {k: v for k, v in record.items() if k not in ("seq", "prev", "hash")}
+    rec["seq"] = seq
+    rec["prev"] = prev
+    body = json.dumps(rec, separators=(",", ":"), default=str)
+    h = line_hash(body.encode(), key)
+    return f'{body[:-1]}{HASH_SEP}{h}"}}', h
+
+
+def unseal(line: bytes) -> tuple[bytes, str]:
+    """(hashed body, stated hash) of a sealed line (no newline); ValueError if not sealed."""
+    i = line.rfind(HASH_SEP.encode())
+    if i < 0 or not line.endswith(b'"}'):
+        raise ValueError("the line carries no hash")
+    stated = line[i + len(HASH_SEP):-2].decode("ascii", "replace")
+    return line[:i] + b"}", stated
+
+
+def checkpoint_path(log_path: Path) -> Path:
+    return log_path.with_name(log_path.name + CHECKPOINT_SUFFIX)
+
+
+def checkpoint_mac(seq: int, head: str, key: bytes) -> str:
+    return hmac.new(key, f"checkpoint:{seq}:{head}".encode(), hashlib.sha256).hexdigest()
+
+
+def _last_line(path: Path) -> tuple[bytes | None, bool]:
+    """(last complete line, whether the file ends with a torn line)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None, False
+    if size == 0:
+        return None, False
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - _TAIL_BYTES))
+        tail = fh.read()
+    torn = not tail.endswith(b"\n")
+    lines = tail.split(b"\n")
+    complete = lines[:-1]  # the last element is b"" or a torn line
+    return (complete[-1] if complete else None), torn
+
 
 class AuditLog:
-    """Appends JSON lines to a file; each line is flushed as it is written."""
+    """Appends sealed JSON lines to a file; each line is written in one write() and flushed.
 
-    def __init__(self, path: Path) -> None:
+    Continues the chain of an existing log (after the last complete line). `key` makes the
+    chain an HMAC chain; `fsync` also forces each line to disk.
+    """
+
+    def __init__(self, path: Path, key: bytes | None = None, fsync: bool = False) -> None:
         self.path = path
+        self.key = key
+        self.fsync = fsync
+        self.checkpoint_file = checkpoint_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the addon
-        self._lock = threading.Lock()
-
-    def write(self, record: dict) -> None:
-        line = json.dumps(record, separators=(",", ":"), sort_keys=False, default=str)
-        with self._lock:
-            self._fh.write(line + "\n")
+        self._lock = threading.RLock()
+        last, torn = _last_line(path)
+        self.seq, self.head = 0, GENESIS
+        if last:
+            try:
+                rec = json.loads(last)
+                self.seq, self.head = int(rec["seq"]), str(rec["hash"])
+            except (ValueError, KeyError, TypeError):
+                log.warning(f"egress gateway: the last line of {path} is not chained; "
+                            "verify will report the log from its start")
+        self._fh = open(path, "ab")  # noqa: SIM115 - lives as long as the addon
+        if torn:
+            # A line cut short by a crash: end it, so that the chain continues on a line of its
+            # own (verify reports the torn line).
+            log.warning(f"egress gateway: {path} ends with an incomplete line (crash?)")
+            self._fh.write(b"\n")
             self._fh.flush()
+        self._checkpointed: tuple[int, str] | None = None
+
+    @property
+    def alg(self) -> str:
+        return "hmac-sha256" if self.key else "sha256"
+
+    def set_key(self, key: bytes | None) -> None:
+        with self._lock:
+            self.key = key or None
+
+    def write(self, record: dict) -> str:
+        """Seal and append `record`; returns its hash. Raises OSError if it cannot be written."""
+        with self._lock:
+            line, h = seal(record, self.seq + 1, self.head, self.key)
+            self._fh.write(line.encode() + b"\n")
+            self._fh.flush()
+            if self.fsync:
+                os.fsync(self._fh.fileno())
+            self.seq, self.head = self.seq + 1, h
+            return h
+
+    def checkpoint(self) -> None:
+        """Record the chain's head beside the log (atomically); no-op if unchanged."""
+        with self._lock:
+            state = (self.seq, self.head)
+            if state == self._checkpointed:
+                return
+            doc = {"log": self.path.name, "seq": self.seq, "hash": self.head, "alg": self.alg,
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            if self.key:
+                doc["mac"] = checkpoint_mac(self.seq, self.head, self.key)
+            tmp = self.checkpoint_file.with_name(self.checkpoint_file.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(doc) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.checkpoint_file)
+            self._checkpointed = state
 
     def close(self) -> None:
         with self._lock:
-            if not self._fh.closed:
-                self._fh.close()
+            if self._fh.closed:
+                return
+            try:
+                self.checkpoint()
+            except OSError:
+                log.exception("egress gateway: could not write the audit checkpoint")
+            self._fh.close()
 
 
 def flow_record(flow: http.HTTPFlow, kind: str = "http") -> dict:
@@ -60,35 +184,25 @@ def flow_record(flow: http.HTTPFlow, kind: str = "http") -> dict:
     }
     if flow.error and not meta.get("code"):
         rec["error"] = flow.error.msg
-    for key in ("identity", "would_block"):
+    for key in ("identity", "would_block", "redactions", "approval"):
         if key in meta:
             rec[key] = meta[key]
+    out, in_ = flow_bytes(flow)
+    rec["bytes_out"], rec["bytes_in"] = out, in_
+    if flow.websocket is not None:
+        rec["websocket_messages"] = len(flow.websocket.messages)
     return rec
 
 
-class Audit:
-    """Writes one audit line when a flow ends (answered, failed, or refused at CONNECT)."""
+def flow_bytes(flow: http.HTTPFlow) -> tuple[int, int]:
+    """(bytes sent out, bytes returned) of bodies and WebSocket messages, as stored on the flow."""
+    out = len(flow.request.raw_content or b"")
+    in_ = len(flow.response.raw_content or b"") if flow.response else 0
+    if flow.websocket is not None:
+        for m in flow.websocket.messages:
+            if m.from_client:
+                out += len(m.content)
+            else:
+                in_ += len(m.content)
+    return out, in_
 
-    def __init__(self, core) -> None:
-        self.core = core
-
-    def _write(self, flow: http.HTTPFlow, kind: str = "http") -> None:
-        if flow.metadata.get("gateway_audited"):
-            return
-        flow.metadata["gateway_audited"] = True
-        try:
-            self.core.audit.write(flow_record(flow, kind))
-        except Exception:
-            log.exception("egress gateway: could not write the audit line")
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._write(flow)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._write(flow)
-
-    def http_connected(self, flow: http.HTTPFlow) -> None:
-        self._write(flow, "connect")
-
-    def http_connect_error(self, flow: http.HTTPFlow) -> None:
-        self._write(flow, "connect")

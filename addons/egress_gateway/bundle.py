@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from .audit import Audit
 from .core import Core
 from .egress import Egress
+from .recorder import Recorder
+from .session import Session
 
 
 def make_addons() -> list:
     core = Core()
-    return [core, Egress(core), Audit(core)]
+    # Session first (refusals carry it); the recorder last (it records the final flow and
+    # writes the audit line).
+    return [core, Session(), Egress(core), Recorder(core)]

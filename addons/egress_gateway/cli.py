@@ -11,6 +11,9 @@ COMMANDS = {
     "schema": "egress_gateway.policy_cli:schema_main",
     "eval": "egress_gateway.evaluate:main",
     "bench": "egress_gateway.bench:main",
+    "verify": "egress_gateway.verify:main",
+    "audit": "egress_gateway.report:main",
+    "replay": "egress_gateway.recorder:replay_main",
 }
 
 

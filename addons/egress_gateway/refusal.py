@@ -23,6 +23,7 @@ STATUS = {
     "dns_error": 502,
     "internal_error": 500,
     "gateway_unavailable": 503,
+    "recording_failed": 503,
 }
 
 
