@@ -408,10 +408,13 @@ class Recorder:
         if flow.metadata.get("gateway_audited"):
             return
         flow.metadata["gateway_audited"] = True
-        # The agent has not received the answer yet (unless it was streamed): it can be replaced.
-        answerable = answerable and flow.response is not None and not flow.response.stream
+        forwarded = bool(getattr(flow, _FORWARDED, False))
+        # An upstream answer has not reached the agent yet (unless streamed): it can be withheld.
+        # (A refusal by the gateway itself carries nothing from upstream: it stays.)
+        answerable = answerable and forwarded and flow.response is not None \
+            and not flow.response.stream
         try:
-            data = serialize(recorded_copy(flow, bool(getattr(flow, _FORWARDED, False))))
+            data = serialize(recorded_copy(flow, forwarded))
             rec = audit.flow_record(flow, kind)
             await asyncio.to_thread(self._write, session.session_of(flow), data, rec)
             return

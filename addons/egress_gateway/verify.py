@@ -237,9 +237,9 @@ def main(argv: list[str]) -> int:
         print(f"verify: {args.dir} is not a directory", file=sys.stderr)
         return 2
     res = verify(args.dir, args.audit, key)
-    for w in res.warnings:
-        print(f"warning: {w}", file=sys.stderr)
     if res.ok:
+        for w in res.warnings:
+            print(f"warning: {w}", file=sys.stderr)
         alg = "hmac-sha256" if key else "sha256"
         print(f"OK: {res.lines} audit lines ({alg} chain), {res.flows} recorded flows in "
               f"{res.recordings} recording file(s) verified")
@@ -250,4 +250,6 @@ def main(argv: list[str]) -> int:
         print(f"  also: {p}", file=sys.stderr)
     if len(rest) > 50:
         print(f"  ... and {len(rest) - 50} more", file=sys.stderr)
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     return 1
