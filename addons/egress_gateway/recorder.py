@@ -416,6 +416,8 @@ class Recorder:
         try:
             data = serialize(recorded_copy(flow, forwarded))
             rec = audit.flow_record(flow, kind)
+            if not forwarded:
+                rec["bytes_out"] = 0  # refused before it left: nothing went out
             await asyncio.to_thread(self._write, session.session_of(flow), data, rec)
             return
         except Exception as e:

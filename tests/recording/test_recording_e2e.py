@@ -272,6 +272,22 @@ def test_verify_command_names_the_tampering(session_run, tmp_path, tamper, expec
     assert expect in res.stderr.splitlines()[0], res.stderr
 
 
+# --- the audit report ------------------------------------------------------------------------------
+def test_audit_command_on_a_recorded_session(session_run, tmp_path):
+    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+    res = run_cli("audit", str(session_run["dir"]), "--json", str(out_json), "--html", str(out_html))
+    assert res.returncode == 0, res.stderr
+    assert "integrity: OK" in res.stdout and "agent-1" in res.stdout
+    doc = json.loads(out_json.read_text())
+    by = {s["session"]: s for s in doc["sessions"]}
+    assert set(by) >= {"agent-1", "agent-2", "127.0.0.1", "ws-agent"}
+    agent = by["agent-1"]
+    assert len(agent["refused"]) == 1 and agent["refused"][0]["path"] == "/exfil"
+    assert sum(agent["hosts"].values()) == 2  # the refused request did not leave
+    assert agent["bytes_out"] > 0 and doc["integrity"]["ok"] is True
+    assert "agent-1" in out_html.read_text()
+
+
 # --- kill -9 ---------------------------------------------------------------------------------------
 def test_kill_9_loses_nothing_completed(tmp_path, confdir, upstream):
     policy = policy_yaml(allow=[{"host": PIN, "ports": [upstream.port]}], resolve={PIN: "127.0.0.1"})
