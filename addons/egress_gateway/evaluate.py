@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list overriding detection.secret_backends (patterns,detect_secrets)",
     )
     ap.add_argument("--entities", default=None, help="comma list overriding detection.entities")
+    ap.add_argument("--model", choices=["sm", "md"], default=None,
+                    help="override detection.model (spaCy en_core_web_sm / en_core_web_md)")
     ap.add_argument("--verbose", "-v", action="store_true", help="list altered negatives")
     args = ap.parse_args(argv)
 
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["secret_backends"] = [b for b in args.secret_backends.split(",") if b]
     if args.entities:
         overrides["entities"] = [e for e in args.entities.split(",") if e]
+    if args.model:
+        overrides["model"] = args.model
     settings = DetectionSettings(**overrides)
     engine = DetectionEngine.get(settings)
     scored = PII_SCORED + [e for e in ("NRP", "DATE_TIME") if e in settings.entities]

