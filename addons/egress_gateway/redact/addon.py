@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -263,7 +264,7 @@ class Redactor:
     # --- running a scan ---------------------------------------------------------------------
     async def _run(self, fn: Callable[[], Outcome]) -> Outcome:
         if self.pool is None:
-            raise RuntimeError("the scan worker pool is not running")
+            self.pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="gateway-scan")
         loop = asyncio.get_running_loop()
         return await asyncio.wait_for(loop.run_in_executor(self.pool, fn), self.options.timeout)
 
@@ -275,8 +276,10 @@ class Redactor:
             for e, n in out.counts.items():
                 mine[e] = mine.get(e, 0) + n
             self._comment(flow)
-            log.info(f"egress gateway redacted the {direction} to {flow.request.pretty_host}: "
-                     f"{format_counts(out.counts)}")
+            ms = meta.get("scan_ms", {}).get(direction)
+            took = f" in {ms:g} ms" if ms is not None else ""
+            log.info(f"egress gateway redacted the {direction} to {flow.request.pretty_host}"
+                     f"{took}: {format_counts(out.counts)}")
         if out.unscanned:
             meta.setdefault("unscanned", {})[direction] = out.unscanned
             log.warning(f"egress gateway passed the {direction} to {flow.request.pretty_host} "
@@ -335,7 +338,10 @@ class Redactor:
             return scan_message(raw, ct, ce, query, rules, limit,
                                 lambda texts: engine.redact_many(texts, session=session))
 
+        t0 = time.perf_counter()
         out = await self._run(work)
+        ms = round((time.perf_counter() - t0) * 1000, 1)
+        _meta(flow).setdefault("scan_ms", {})[direction] = ms
         self._record(flow, direction, out)
         if out.refusal:
             code, reason, details = out.refusal

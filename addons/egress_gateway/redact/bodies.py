@@ -254,22 +254,25 @@ def sse_event_data(event: str) -> str | None:
 
 
 def sse_replace_data(event: str, payload: str) -> str:
-    """`event` with its data lines replaced by `payload` (at the first data line's place)."""
-    out, placed = [], False
-    newline = "\r\n" if "\r\n" in event else "\n"
+    """`event` with its data lines replaced by `payload` (at the first data line's place);
+    other lines and the event's line ending are kept."""
+    newline = "\r\n" if "\r\n" in event else ("\r" if "\r" in event and "\n" not in event
+                                               else "\n")
+    out: list[str] = []
+    placed = False
+    trailing = ""
     for m in _EVENT_LINE.finditer(event):
         line, end = m.group(1), m.group(2)
         if not line and not end:
             break
-        name = line.partition(":")[0]
-        if name == "data":
+        trailing = end
+        if line.partition(":")[0] == "data":
             if not placed:
                 placed = True
-                lines = payload.split("\n")
-                out.append(newline.join(f"data: {p}" for p in lines) + end)
+                out += [f"data: {p}" for p in payload.split("\n")]
             continue
-        out.append(line + end)
-    return "".join(out)
+        out.append(line)
+    return newline.join(out) + (newline if trailing else "")
 
 
 def plan_sse_event(job: TextJob, event: str, scope: Scope = EVERYTHING) -> Callable[[], str | None]:
@@ -283,6 +286,17 @@ def plan_sse_event(job: TextJob, event: str, scope: Scope = EVERYTHING) -> Calla
         return None if new is None else sse_replace_data(event, new)
 
     return finish
+
+
+def redact_sse_data(data: str, redact_many: Callable, scope: Scope = EVERYTHING
+                    ) -> tuple[str, dict[str, int], set[str]]:
+    """Redact one event's ``data`` payload (JSON-aware, scoped): ``(text, counts, blocked)``;
+    ``text`` is `data` itself when nothing was found. The seam for streaming redaction."""
+    job = TextJob()
+    node = job.add_text(data, scope)
+    job.run(redact_many)
+    new = job.result(node)
+    return (data if new is None else new), dict(job.counts), set(job.blocked)
 
 
 def plan_sse(job: TextJob, data: bytes, charset: str | None, opts: Options) -> Finish:

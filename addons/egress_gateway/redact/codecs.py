@@ -90,8 +90,11 @@ def decode_brotli(data: bytes, limit: int) -> bytes:
     out = bytearray()
     try:
         out += d.process(data, output_buffer_limit=STEP)
-        while len(out) <= limit and not d.is_finished() and not d.can_accept_more_data():
-            out += d.process(b"", output_buffer_limit=STEP)
+        while len(out) <= limit and not d.is_finished():
+            chunk = d.process(b"", output_buffer_limit=STEP)
+            if not chunk:
+                break  # needs more input than there is: truncated
+            out += chunk
     except brotli.error as e:
         raise BadEncoding(f"corrupt brotli data: {e}") from None
     if len(out) > limit:

@@ -67,8 +67,9 @@ def encode_string(value: str) -> str:
 def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None):
     """Validate `text` as one JSON document and list its scanned string values.
 
-    Returns ``[(start, end, value, state)]`` for every string value (not key) whose node the
-    scope selects; ``state`` is the node's scope state (for JSON nested in the string).
+    Returns ``[(start, end, value, state)]`` for every string value (not key) that the scope
+    selects (``state.selected``) or that a scope path could still reach inside JSON encoded in
+    the string; ``state`` is the node's scope state.
     Raises JsonError for anything that is not strict JSON.
     """
     state0 = root if root is not None else scope.root()
@@ -112,7 +113,7 @@ def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None
                     stack.append([is_obj, st, None, 0])
                     expect = _KEY_OR_CLOSE if is_obj else _VALUE_OR_CLOSE
                     continue
-                if kind == "s" and st.selected and not st.skipped:
+                if kind == "s" and not st.dead:
                     out.append((m.start(kind), pos, decode_string(tok), st))
         elif expect in (_KEY, _KEY_OR_CLOSE):
             if kind == "s":
@@ -203,7 +204,7 @@ class TextJob:
         self.json_leaves = 0
 
     # -- collecting ----------------------------------------------------------------------
-    def _string(self, value: str, scope: Scope, state: State, depth: int) -> _Str:
+    def _string(self, value: str, scope: Scope, state: State, depth: int) -> _Str | None:
         node = _Str(value)
         if depth < MAX_ENCODED_DEPTH and looks_like_json(value):
             try:
@@ -211,6 +212,8 @@ class TextJob:
                 return node
             except JsonError:
                 pass
+        if not state.selected:
+            return None  # only JSON inside it could have been in scope
         node.index = len(self.texts)
         self.texts.append(value)
         return node
@@ -220,12 +223,22 @@ class TextJob:
         doc = _Doc(text)
         self.json_leaves += len(spans)
         for start, end, value, st in spans:
-            doc.leaves.append((start, end, self._string(value, scope, st, depth)))
+            node = self._string(value, scope, st, depth)
+            if node is not None:
+                doc.leaves.append((start, end, node))
         return doc
 
     def add_text(self, text: str, scope: Scope = EVERYTHING) -> _Str:
-        """A text to redact; if it is a JSON object or array, its string values are."""
-        return self._string(text, scope, scope.root(), 0)
+        """A text to redact. If it is a JSON object or array, its string values are (as the
+        scope selects); any other text is redacted whole, whatever the scope."""
+        if looks_like_json(text):
+            try:
+                return _Str(text, doc=self._doc(text, scope, scope.root(), 1))
+            except JsonError:
+                pass
+        node = _Str(text, index=len(self.texts))
+        self.texts.append(text)
+        return node
 
     def add_json(self, text: str, scope: Scope = EVERYTHING) -> _Str:
         """A JSON document (raises JsonError if it is not one): its scoped string values."""
