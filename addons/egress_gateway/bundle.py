@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .approvals import Approvals
 from .core import Core
 from .egress import Egress
 from .recorder import Recorder
@@ -12,4 +13,10 @@ def make_addons() -> list:
     core = Core()
     # Session first (refusals carry it); the recorder last (it records the final flow and
     # writes the audit line).
-    return [core, Session(), Egress(core), Recorder(core)]
+    egress = Egress(core)
+    # Approvals after redaction (it matches on redaction's counts and the reviewer sees redacted
+    # bodies) and before credentials are injected (the reviewer sees placeholders).
+    approvals = Approvals(core, egress)
+    addons = [core, Session(), egress, approvals, Recorder(core)]
+    approvals.peers = addons
+    return addons

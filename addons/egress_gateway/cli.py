@@ -10,6 +10,7 @@ COMMANDS = {
     "check-policy": "egress_gateway.policy_cli:main",
     "schema": "egress_gateway.policy_cli:schema_main",
     "eval": "egress_gateway.evaluate:main",
+    "approvals": "egress_gateway.approvals_cli:main",
     "bench": "egress_gateway.bench:main",
     "verify": "egress_gateway.verify:main",
     "audit": "egress_gateway.report:main",

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from . import hosts
+from .approvals import ApproveRules
 
 DEFAULT_PORTS = (80, 443)
 
@@ -154,6 +155,10 @@ class Policy(_Model):
     version: Literal[1] = Field(description="Policy format version; must be 1.")
     egress: Egress = Field(description="Egress allowlist.")
     clients: Clients = Field(default_factory=Clients, description="Client access control.")
+    approve: ApproveRules = Field(
+        default_factory=list,
+        description="Requests a human must approve before they leave (first matching rule holds).",
+    )
 
 
 def _loc(loc: tuple) -> str:
