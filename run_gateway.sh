@@ -64,10 +64,35 @@ check_duplicate_sets() {
 
 py() { exec "$VENV/bin/python" "$@"; }
 
+# Whether "--set NAME=..." (or --set=NAME=...) is among the arguments.
+has_set() {
+    local want="$1" prev="" arg; shift
+    for arg in "$@"; do
+        if [ "$prev" = "--set" ] && [ "${arg%%=*}" = "$want" ]; then return 0; fi
+        if [[ "$arg" == "--set=$want="* ]]; then return 0; fi
+        prev="$arg"
+    done
+    return 1
+}
+
+# The browser test drives Debian's Chromium (never a downloaded browser).
+ensure_chromium() {
+    [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "run_gateway.sh: installing Debian chromium + chromium-driver for the browser test..." >&2
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            chromium chromium-driver >&2 || echo "run_gateway.sh: chromium install FAILED" >&2
+    else
+        echo "run_gateway.sh: /usr/bin/chromium is missing (apt-get install chromium chromium-driver);" \
+             "the browser test will fail" >&2
+    fi
+}
+
 cmd="${1:-run}"
 case "$cmd" in
     test)
         shift; bootstrap
+        ensure_chromium
         cd "$ROOT"
         py -m pytest "$@"
         ;;
@@ -76,8 +101,25 @@ case "$cmd" in
         # The gateway itself enables the proxy server once its policy is loaded (fail closed).
         check_duplicate_sets --set server=false "$@"
         cd "$ROOT"
+        # The review channel always has a password: $GATEWAY_WEB_PASSWORD, or a new random one
+        # written (mode 600) to $GATEWAY_WEB_PASSWORD_FILE for 'run_gateway.sh approvals'. Only
+        # its argon2 hash is on the command line.
+        pw_args=()
+        if ! has_set web_password "$@"; then
+            pw="${GATEWAY_WEB_PASSWORD:-}"
+            if [ -z "$pw" ]; then
+                pwfile="${GATEWAY_WEB_PASSWORD_FILE:-$ROOT/recordings/web-password}"
+                pw="$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(18))')"
+                mkdir -p "$(dirname "$pwfile")"
+                (umask 077; printf '%s\n' "$pw" > "$pwfile")
+                echo "run_gateway.sh: mitmweb password written to $pwfile" >&2
+            fi
+            hash="$(printf '%s' "$pw" | "$VENV/bin/python" -c 'import sys, argon2
+print(argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1).hash(sys.stdin.read()))')"
+            pw_args=(--set "web_password=$hash")
+        fi
         exec "$VENV/bin/mitmweb" -s "$SCRIPT" --listen-host 127.0.0.1 -p 8080 \
-            --web-host 127.0.0.1 --no-web-open-browser --set server=false "$@"
+            --web-host 127.0.0.1 --no-web-open-browser --set server=false "${pw_args[@]}" "$@"
         ;;
     check-policy|eval|bench|verify|audit|replay|approvals|schema)
         shift; bootstrap
