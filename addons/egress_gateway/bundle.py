@@ -6,6 +6,7 @@ from .approvals import Approvals
 from .core import Core
 from .egress import Egress
 from .recorder import Recorder
+from .redact.addon import Redactor
 from .session import Session
 
 
@@ -17,6 +18,6 @@ def make_addons() -> list:
     # Approvals after redaction (it matches on redaction's counts and the reviewer sees redacted
     # bodies) and before credentials are injected (the reviewer sees placeholders).
     approvals = Approvals(core, egress)
-    addons = [core, Session(), egress, approvals, Recorder(core)]
+    addons = [core, Session(), egress, Redactor(core), approvals, Recorder(core)]
     approvals.peers = addons
     return addons

@@ -22,6 +22,8 @@ from pydantic import (
 )
 
 from . import hosts
+from .detection.settings import DetectionSettings
+from .redact.settings import RedactSettings, check_entities
 from .approvals import ApproveRules
 
 DEFAULT_PORTS = (80, 443)
@@ -155,6 +157,19 @@ class Policy(_Model):
     version: Literal[1] = Field(description="Policy format version; must be 1.")
     egress: Egress = Field(description="Egress allowlist.")
     clients: Clients = Field(default_factory=Clients, description="Client access control.")
+    detection: DetectionSettings = Field(
+        default_factory=DetectionSettings,
+        description="What PII and secrets to detect and how to rewrite them.",
+    )
+    redact: RedactSettings = Field(
+        default_factory=RedactSettings,
+        description="Where to redact: hosts, directions, JSON paths, too-large/unsupported bodies.",
+    )
+
+    @model_validator(mode="after")
+    def _redact_entities(self) -> Policy:
+        check_entities(self.redact, self.detection)
+        return self
     approve: ApproveRules = Field(
         default_factory=list,
         description="Requests a human must approve before they leave (first matching rule holds).",
