@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .approvals import Approvals
 from .core import Core
+from .credentials import CredentialGuard, CredentialInjector
 from .egress import Egress
 from .recorder import Recorder
 from .redact.addon import Redactor
@@ -18,6 +19,11 @@ def make_addons() -> list:
     # Approvals after redaction (it matches on redaction's counts and the reviewer sees redacted
     # bodies) and before credentials are injected (the reviewer sees placeholders).
     approvals = Approvals(core, egress)
-    addons = [core, Session(), egress, Redactor(core), approvals, Recorder(core)]
+    # Credentials: the guard before egress (its hooks are synchronous: leaks are refused and
+    # real values scrubbed from the flow before any hook awaits and mitmweb can read the flow;
+    # echoed secrets are scrubbed before any other response hook); the injector after approvals
+    # and redaction, before the recorder (it marks the final request for injection on the wire).
+    addons = [core, Session(), CredentialGuard(core), egress, Redactor(core), approvals,
+              CredentialInjector(core), Recorder(core)]
     approvals.peers = addons
     return addons

@@ -25,6 +25,7 @@ from . import hosts
 from .detection.settings import DetectionSettings
 from .redact.settings import RedactSettings, check_entities
 from .approvals import ApproveRules
+from .credentials import Credentials
 
 DEFAULT_PORTS = (80, 443)
 
@@ -164,6 +165,11 @@ class Policy(_Model):
     redact: RedactSettings = Field(
         default_factory=RedactSettings,
         description="Where to redact: hosts, directions, JSON paths, too-large/unsupported bodies.",
+    )
+    credentials: Credentials = Field(
+        default_factory=list,
+        description="Secrets the gateway presents in place of the agent's placeholders, each bound "
+        "to a destination; values come from environment variables or files, never the policy.",
     )
 
     @model_validator(mode="after")
