@@ -149,7 +149,11 @@ class Gateway:
         self.audit_path = workdir / "audit.jsonl"
         self.confdir = confdir
         policy_path = Path(policy)
-        if not policy_path.exists():
+        try:
+            is_file = "\n" not in str(policy) and policy_path.is_file()
+        except OSError:  # e.g. policy text longer than a file name may be
+            is_file = False
+        if not is_file:
             policy_path = workdir / "policy.yaml"
             policy_path.write_text(str(policy))
         self.policy_path = policy_path
