@@ -142,6 +142,8 @@ def test_anthropic_sdk_messages_call_is_redacted(env):
     assert msg.model == MODEL and msg.id == "msg_01XFDUDYJgAACzvnptvVoYEL"
     line = [a for a in gw.audit() if a.get("path") == "/v1/messages"][-1]
     assert "jane.doe" not in json.dumps(line)
+    assert line["redactions"]["request"]["EMAIL_ADDRESS"] >= 2
+    assert line["redactions"]["response"] == {"EMAIL_ADDRESS": 1}
     log = gw.log_text()
     assert "redacted the request to api.test.example" in log and "jane.doe@example.com" not in log
 
