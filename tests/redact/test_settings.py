@@ -92,5 +92,7 @@ def test_shipped_default_scopes_the_messages_api():
                  ("messages", 1, "content", 0, "type"), ("messages", 1, "content", 0, "signature"),
                  ("messages", 1, "content", 0, "thinking")]:
         assert not scope.selects(path), path
+    batches = p.redact.for_flow("api.anthropic.com", "/v1/messages/batches", "request")[1]
+    assert batches.json_paths is None  # batch bodies nest messages elsewhere: scan everything
     other = p.redact.for_flow("api.anthropic.com", "/v1/files", "request")[1]
     assert other.json_paths is None  # elsewhere: every string value
