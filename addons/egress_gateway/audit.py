@@ -184,7 +184,7 @@ def flow_record(flow: http.HTTPFlow, kind: str = "http") -> dict:
     }
     if flow.error and not meta.get("code"):
         rec["error"] = flow.error.msg
-    for key in ("identity", "would_block", "redactions", "approval"):
+    for key in ("identity", "would_block", "redactions", "approval", "credential"):
         if key in meta:
             rec[key] = meta[key]
     out, in_ = flow_bytes(flow)

@@ -101,8 +101,8 @@ class Core:
         self._tasks.clear()
         if self.gate:
             self.gate.close(self)
-        if self.audit:
-            self.audit.close()
+        # The audit log stays open: the recorder (the last addon) still records the flows that
+        # complete during shutdown, and closes it in its own done().
 
     async def _announce(self) -> None:
         """Turn the proxy server on (run_gateway.sh starts it off) and say when it listens."""

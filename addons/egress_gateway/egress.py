@@ -14,7 +14,7 @@ import logging
 import socket
 import time
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 from mitmproxy.net.http import url
 
 from . import allowlist, hosts
@@ -281,10 +281,12 @@ class Egress:
     def _audit_dial(self, data, identity: str, d: Decision) -> None:
         try:
             peer = data.client.peername
+            sessions = ctx.master.addons.get("egress_gateway_session")
+            sid = sessions.tunnels.get(data.client.id) if sessions else None
             self.core.audit.write({
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "kind": "connection",
-                "session": str(peer[0]) if peer else "unknown",
+                "session": sid or (str(peer[0]) if peer else "unknown"),
                 "transport": data.server.transport_protocol,
                 "host": d.details.get("host"),
                 "port": d.details.get("port"),

@@ -22,10 +22,10 @@ from pydantic import (
 )
 
 from . import hosts
-from .detection.settings import DetectionSettings
-from .redact.settings import RedactSettings, check_entities
 from .approvals import ApproveRules
 from .credentials import Credentials
+from .detection.settings import DetectionSettings
+from .redact.settings import RedactSettings, check_entities
 
 DEFAULT_PORTS = (80, 443)
 
@@ -158,6 +158,10 @@ class Policy(_Model):
     version: Literal[1] = Field(description="Policy format version; must be 1.")
     egress: Egress = Field(description="Egress allowlist.")
     clients: Clients = Field(default_factory=Clients, description="Client access control.")
+    approve: ApproveRules = Field(
+        default_factory=list,
+        description="Requests a human must approve before they leave (first matching rule holds).",
+    )
     detection: DetectionSettings = Field(
         default_factory=DetectionSettings,
         description="What PII and secrets to detect and how to rewrite them.",
@@ -176,10 +180,6 @@ class Policy(_Model):
     def _redact_entities(self) -> Policy:
         check_entities(self.redact, self.detection)
         return self
-    approve: ApproveRules = Field(
-        default_factory=list,
-        description="Requests a human must approve before they leave (first matching rule holds).",
-    )
 
 
 def _loc(loc: tuple) -> str:

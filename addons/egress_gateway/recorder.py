@@ -310,6 +310,8 @@ class Recorder:
             if self.files:
                 self.files.close()
         self._checkpoint()
+        if self.core.audit is not None:
+            self.core.audit.close()  # Core leaves it open for the flows completing at shutdown
 
     async def _checkpoints(self) -> None:
         while True:
