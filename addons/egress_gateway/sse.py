@@ -20,10 +20,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# A redactor for one piece of text: (text, prose?) -> (new text, counts, blocked types).
-TextRedactor = Callable[[str, bool | None], tuple[str, dict[str, int], set[str]]]
-# Findings for a text (for cut adjustment): text -> list of (start, end).
-SpanFinder = Callable[[str], list[tuple[int, int]]]
+# Findings for a text: anything with .start and .end (detection.Finding).
+Analyze = Callable[[str], list]
+# Rewrite a text with findings computed on it (or on a longer text it starts):
+# -> (new text, counts per entity, entity types whose operator is "block").
+Apply = Callable[[str, list], tuple[str, dict[str, int], set[str]]]
+# Redact one event's whole data payload: -> (new data, counts, blocked).
+RedactData = Callable[[str], tuple[str, dict[str, int], set[str]]]
 
 _LINE = re.compile(rb"\r\n|\r|\n")
 
@@ -124,55 +127,55 @@ class SSEParser:
 
 
 class HoldBack:
-    """Releases streamed text up to a safe boundary, redacted; holds the rest."""
+    """Releases streamed text up to a safe boundary, redacted; holds the rest.
 
-    def __init__(self, redact: TextRedactor, spans: SpanFinder, window: int = 40,
+    The pending text is analysed once per release (with the held tail as context); the cut
+    moves back to the start of any finding it would split, and the released prefix is
+    rewritten with the findings inside it.
+    """
+
+    def __init__(self, analyze: Analyze, apply: Apply, window: int = 40, min_release: int = 24,
                  max_hold: int = 4096) -> None:
-        self.redact = redact
-        self.spans = spans
-        self.window = window
-        self.max_hold = max_hold
+        self.analyze, self.apply = analyze, apply
+        self.window, self.min_release, self.max_hold = window, min_release, max_hold
         self.pending = ""
         self.counts: Counter[str] = Counter()
         self.blocked: set[str] = set()
 
-    def _safe_cut(self) -> int:
+    def _candidate_cut(self) -> int:
         text = self.pending
         limit = len(text) - self.window
-        if limit <= 0:
+        if limit < self.min_release:
             return 0
-        cut = 0
         for i in range(limit, 0, -1):
             if text[i - 1].isspace():
-                cut = i
-                break
-        if cut == 0 and len(text) > self.max_hold:
-            cut = limit  # a very long run without whitespace: release all but the window
-        if cut:
-            for start, end in self.spans(text):
-                if start < cut < end:
-                    cut = start
-        return cut
+                return i
+        return limit if len(text) > self.max_hold else 0  # a very long run with no space
 
-    def _emit(self, part: str) -> str:
+    def _release(self, cut: int, findings: list) -> str:
+        part, self.pending = self.pending[:cut], self.pending[cut:]
         if not part:
             return ""
-        new, counts, blocked = self.redact(part, None)
+        new, counts, blocked = self.apply(part, [f for f in findings if f.end <= cut])
         self.counts.update(counts)
         self.blocked |= blocked
         return new
 
     def push(self, text: str) -> str:
         self.pending += text
-        cut = self._safe_cut()
+        cut = self._candidate_cut()
         if cut == 0:
             return ""
-        part, self.pending = self.pending[:cut], self.pending[cut:]
-        return self._emit(part)
+        findings = self.analyze(self.pending)
+        for f in findings:
+            if f.start < cut < f.end:
+                cut = f.start
+        return self._release(cut, findings) if cut > 0 else ""
 
     def flush(self) -> str:
-        part, self.pending = self.pending, ""
-        return self._emit(part)
+        if not self.pending:
+            return ""
+        return self._release(len(self.pending), self.analyze(self.pending))
 
 
 _DELTA_FIELDS = {"text_delta": "text", "input_json_delta": "partial_json"}
@@ -181,11 +184,10 @@ _DELTA_FIELDS = {"text_delta": "text", "input_json_delta": "partial_json"}
 class StreamRedactor:
     """``flow.response.stream`` callable for ``text/event-stream`` bodies."""
 
-    def __init__(self, redact: TextRedactor, spans: SpanFinder,
-                 redact_data: Callable[[str], tuple[str, dict[str, int], set[str]]],
+    def __init__(self, analyze: Analyze, apply: Apply, redact_data: RedactData,
                  window: int = 40) -> None:
         self.parser = SSEParser()
-        self.redact, self.spans, self.window = redact, spans, window
+        self.analyze, self.apply, self.window = analyze, apply, window
         self.redact_data = redact_data
         self.blocks: dict[int, tuple[HoldBack, str]] = {}  # index -> (hold-back, delta type)
         self.counts: Counter[str] = Counter()
@@ -227,7 +229,7 @@ class StreamRedactor:
             if dtype in _DELTA_FIELDS and isinstance(index, int) \
                     and isinstance(delta.get(_DELTA_FIELDS[dtype]), str):
                 hold, _ = self.blocks.setdefault(
-                    index, (HoldBack(self.redact, self.spans, self.window), dtype))
+                    index, (HoldBack(self.analyze, self.apply, self.window), dtype))
                 released = hold.push(delta[_DELTA_FIELDS[dtype]])
                 self.counts.update(hold.counts)
                 hold.counts.clear()
@@ -245,22 +247,42 @@ class StreamRedactor:
         return prefix + (ev.raw() if new is data or new == data else ev.with_data(new))
 
     # -- mitmproxy's stream interface ------------------------------------------------------
+    def _events(self, chunk: bytes) -> bytes:
+        out = b""
+        for ev in self.parser.feed(chunk) if chunk else []:
+            out += self._handle(ev)
+            if self.blocked:
+                raise StreamBlocked
+        if not chunk:  # end of the stream
+            tail = self.parser.close()
+            if tail is not None and not tail.only_comments:
+                out += self._handle(tail)
+            out += b"".join(self._flush_block(i) for i in sorted(self.blocks))
+            if self.blocked:
+                raise StreamBlocked
+        return out
+
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         if self.failed:
             return []
         try:
-            out = b"".join(self._handle(ev) for ev in self.parser.feed(chunk)) if chunk else b""
-            if not chunk:  # end of the stream
-                tail = self.parser.close()
-                if tail is not None and not tail.only_comments:
-                    out += self._handle(tail)
-                out += b"".join(self._flush_block(i) for i in sorted(self.blocks))
-                return out
+            out = self._events(chunk)
         except Exception as e:  # fail closed: stop forwarding anything from this stream
-            self.failed = f"{type(e).__name__}: {e}"
+            if isinstance(e, StreamBlocked):
+                self.failed = "blocked: " + ", ".join(sorted(self.blocked))
+                message = ("the gateway stopped this stream: it carried "
+                           + ", ".join(sorted(self.blocked)))
+            else:
+                self.failed = f"{type(e).__name__}: {e}"
+                message = "the gateway stopped this stream: it could not be scanned"
             self.blocks.clear()
-            return b"event: error\ndata: " + json.dumps({
+            return [b"event: error\ndata: " + json.dumps({
                 "type": "error", "error": {"type": "egress_gateway_error",
-                                           "message": "the gateway stopped this stream: it "
-                                                      "could not be scanned"}}).encode() + b"\n\n"
+                                           "message": message}}).encode() + b"\n\n"]
+        if not chunk:
+            return out
         return [out] if out else []
+
+
+class StreamBlocked(Exception):
+    """An entity whose operator is ``block`` appeared in a stream: it is cut off."""

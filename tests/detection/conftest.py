@@ -19,8 +19,3 @@ def make_engine():
         return DetectionEngine.get(DetectionSettings(**settings))
 
     return make
-
-
-def found(engine: DetectionEngine, text: str, prose: bool | None = None) -> list[tuple[str, str]]:
-    """(entity, value) pairs found in text."""
-    return [(f.entity_type, text[f.start : f.end]) for f in engine.analyze(text, prose=prose)]

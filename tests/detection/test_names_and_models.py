@@ -6,7 +6,7 @@ import importlib.util
 import sys
 
 import pytest
-from conftest import found
+from detection_helpers import found
 from egress_gateway.detection import DetectionEngine, DetectionSettings
 from egress_gateway.detection import engine as engine_mod
 from pydantic import ValidationError

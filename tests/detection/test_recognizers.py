@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import found
+from detection_helpers import found
 
 # Tokens below are synthetic (random characters in the vendor's documented shape).
 TRUE_POSITIVES = [

@@ -6,11 +6,11 @@ import gzip
 import json
 
 import pytest
-from conftest import FakeEngine, fake_redact_many
 from egress_gateway.redact import bodies, codecs
 from egress_gateway.redact.bodies import Options, Unsupported, content_kind
 from egress_gateway.redact.paths import Scope
 from egress_gateway.redact.walker import TextJob
+from redact_fakes import FakeEngine, fake_redact_many
 
 LIMIT = 1024 * 1024
 

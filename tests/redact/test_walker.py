@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FakeEngine, fake_redact_many
 from egress_gateway.redact.paths import Scope
 from egress_gateway.redact.walker import JsonError, TextJob, string_spans
+from redact_fakes import FakeEngine, fake_redact_many
 
 
 def redact_json(text: str, scope: Scope | None = None):

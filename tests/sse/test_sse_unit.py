@@ -11,17 +11,26 @@ from egress_gateway.sse import HoldBack, SSEParser, StreamRedactor
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
 
-def redact(text, prose=None):
-    n = len(EMAIL.findall(text))
-    return (EMAIL.sub("<EMAIL_ADDRESS>", text), {"EMAIL_ADDRESS": n} if n else {}, set())
+class F:
+    def __init__(self, start, end):
+        self.start, self.end = start, end
 
 
-def spans(text):
-    return [(m.start(), m.end()) for m in EMAIL.finditer(text)]
+def analyze(text):
+    return [F(m.start(), m.end()) for m in EMAIL.finditer(text)]
+
+
+def apply(text, findings):
+    out, last = "", 0
+    for f in sorted(findings, key=lambda f: f.start):
+        out += text[last:f.start] + "<EMAIL_ADDRESS>"
+        last = f.end
+    n = len(findings)
+    return out + text[last:], ({"EMAIL_ADDRESS": n} if n else {}), set()
 
 
 def redact_data(data):
-    return redact(data)
+    return apply(data, analyze(data))
 
 
 PARSE = [
@@ -60,7 +69,7 @@ def test_line_length_bound():
 
 
 def run_holdback(pieces, window=10):
-    hb = HoldBack(redact, spans, window=window)
+    hb = HoldBack(analyze, apply, window=window, min_release=1)
     out = "".join(hb.push(p) for p in pieces) + hb.flush()
     return out, hb
 
@@ -82,7 +91,7 @@ def test_holdback_catches_split_entities(pieces):
 
 
 def test_holdback_releases_early_text():
-    hb = HoldBack(redact, spans, window=10)
+    hb = HoldBack(analyze, apply, window=10, min_release=1)
     first = hb.push("The quick brown fox jumps over the lazy dog and keeps running ")
     assert first.startswith("The quick brown fox")  # released before the end of the stream
     assert len(hb.pending) <= 10 + 10
@@ -124,7 +133,7 @@ def test_stream_redactor_messages_api():
         {"type": "content_block_stop", "index": 1},
         {"type": "message_stop"},
     )
-    r = StreamRedactor(redact, spans, redact_data, window=10)
+    r = StreamRedactor(analyze, apply, redact_data, window=10)
     out = b""
     for i in range(0, len(events), 7):  # arbitrary chunking
         out += collect(r(events[i:i + 7]))
@@ -138,14 +147,14 @@ def test_stream_redactor_messages_api():
 
 
 def test_stream_redactor_never_returns_empty_bytes_mid_stream():
-    r = StreamRedactor(redact, spans, redact_data, window=40)
+    r = StreamRedactor(analyze, apply, redact_data, window=40)
     out = r(sse(delta("held")))
     assert out == []  # nothing released yet, and no zero-length chunk
     assert collect(r(b"")).count(b"held") == 1
 
 
 def test_stream_redactor_generic_sse_and_comments():
-    r = StreamRedactor(redact, spans, redact_data)
+    r = StreamRedactor(analyze, apply, redact_data)
     out = collect(r(b": ping\n\nretry: 5\ndata: mail eve@example.com\n\n"))
     assert out.startswith(b": ping\n\n")
     assert b"retry: 5\ndata: mail <EMAIL_ADDRESS>\n\n" in out
@@ -153,10 +162,22 @@ def test_stream_redactor_generic_sse_and_comments():
 
 
 def test_stream_redactor_fails_closed():
-    def boom(text, prose=None):
+    def boom(*args):
         raise RuntimeError("detector down")
-    r = StreamRedactor(boom, spans, lambda d: boom(d))
+    r = StreamRedactor(boom, boom, boom)
     out = collect(r(b"data: secret alice@example.com\n\n"))
     assert b"alice" not in out and b"egress_gateway_error" in out
     assert r(b"data: more\n\n") == []
     assert r.failed
+
+
+def test_stream_redactor_cuts_off_a_blocked_entity():
+    def apply_blocking(text, findings):
+        new, counts, _ = apply(text, findings)
+        return new, counts, ({"PEM_PRIVATE_KEY"} if findings else set())
+    r = StreamRedactor(analyze, apply_blocking, redact_data, window=5)
+    out = collect(r(sse(delta("here is a key: k@example.com and more text after it"))))
+    out += collect(r(sse(delta(" more"))))
+    out += collect(r(b""))
+    assert b"example.com" not in out and b"egress_gateway_error" in out and b"PEM_PRIVATE_KEY" in out
+    assert r.failed.startswith("blocked")

@@ -29,7 +29,8 @@ import importlib  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 import threading  # noqa: E402
-from collections import Counter  # noqa: E402
+from collections import Counter
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
 import spacy  # noqa: E402
@@ -535,6 +536,19 @@ class DetectionEngine:
         """``redact`` for many short texts (e.g. JSON leaves) with one batched NER pass.
         Pseudonyms are shared by all texts of the call (same session table)."""
         all_findings = self.analyze_many(texts, prose)
+        get_table = self._table_getter(session)
+        return [self._apply(text, findings, get_table)
+                for text, findings in zip(texts, all_findings, strict=True)]
+
+    def apply(self, text: str, findings: list[Finding], session: str = "") -> TextResult:
+        """Rewrite ``text`` with findings computed earlier (e.g. on a longer text that starts
+        with ``text``: streaming redaction analyses once and releases a prefix). Findings that
+        end past ``text`` are ignored."""
+        kept = [f for f in findings if f.end <= len(text)]
+        return self._apply(text, kept, self._table_getter(session))
+
+    def _table_getter(self, session: str) -> Callable[[], ops.PseudonymTable]:
+        """The session's pseudonym table, fetched on first use only."""
         table: ops.PseudonymTable | None = None
 
         def get_table() -> ops.PseudonymTable:
@@ -543,33 +557,29 @@ class DetectionEngine:
                 table = self._pseudonyms.table(session)
             return table
 
-        out = []
-        for text, findings in zip(texts, all_findings, strict=True):
-            if not findings:
-                out.append(TextResult(text=text))
-                continue
-            present = {f.entity_type for f in findings}
-            configs = {
-                e: ops.operator_config(e, self.settings, self._key, get_table,
-                                       self._pseudonyms.lock)
-                for e in present
-            }  # fmt: skip
-            anonymized = self._heavy.anonymizer.anonymize(
-                text=text,
-                analyzer_results=[
-                    RecognizerResult(f.entity_type, f.start, f.end, f.score) for f in findings
-                ],
-                operators=configs,
-            )
-            out.append(
-                TextResult(
-                    text=anonymized.text,
-                    findings=findings,
-                    counts=dict(Counter(f.entity_type for f in findings)),
-                    blocked={e for e in present if ops.is_blocking(e, self.settings)},
-                )
-            )
-        return out
+        return get_table
+
+    def _apply(self, text: str, findings: list[Finding], get_table) -> TextResult:
+        if not findings:
+            return TextResult(text=text)
+        present = {f.entity_type for f in findings}
+        configs = {
+            e: ops.operator_config(e, self.settings, self._key, get_table, self._pseudonyms.lock)
+            for e in present
+        }
+        anonymized = self._heavy.anonymizer.anonymize(
+            text=text,
+            analyzer_results=[
+                RecognizerResult(f.entity_type, f.start, f.end, f.score) for f in findings
+            ],
+            operators=configs,
+        )
+        return TextResult(
+            text=anonymized.text,
+            findings=findings,
+            counts=dict(Counter(f.entity_type for f in findings)),
+            blocked={e for e in present if ops.is_blocking(e, self.settings)},
+        )
 
 
 def is_secret_entity(entity: str) -> bool:

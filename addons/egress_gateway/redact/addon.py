@@ -32,6 +32,7 @@ from mitmproxy import ctx, exceptions, http
 from .. import hosts
 from ..refusal import refuse
 from ..session import session_of
+from ..sse import StreamRedactor
 from . import bodies, codecs
 from .settings import DirectionRules, RedactSettings
 from .walker import TextJob
@@ -161,6 +162,8 @@ class Redactor:
         self.pool: ThreadPoolExecutor | None = None
         self._rules_cache: dict = {}
         self._engines: dict = {}
+        self._streams: dict[str, StreamRedactor] = {}  # flow id -> its stream redactor
+        self._unredacted_streams: set[str] = set()
         self._lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -383,13 +386,79 @@ class Redactor:
         except Exception as e:  # TimeoutError included
             self._fail(flow, "request", e)
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Server-sent events are redacted while they stream (`egress_gateway.sse`).
+
+        A buffered SSE response would turn time-to-first-token into time-to-last-token.
+        Compressed streams are left to the buffered path (decoded with the bounded decoder).
+        """
+        if flow.response is None or _meta(flow).get("decision") == "blocked":
+            return
+        try:
+            resp = flow.response
+            if "text/event-stream" not in resp.headers.get("content-type", "").lower():
+                return
+            if resp.headers.get("content-encoding", "identity").strip().lower() != "identity":
+                return
+            policy = self.core.policy
+            if policy is None:
+                raise RuntimeError("no policy loaded")
+            idx, rules = self.rules_for(policy, flow.request.host, flow.request.path, "response")
+            if not self._settings(policy)[0].enabled or not rules.enabled:
+                resp.stream = True  # not redacted for this host: stream it as it comes
+                self._unredacted_streams.add(flow.id)
+                return
+            engine = self.engine_for(policy, idx, "response", rules)
+            session = session_of(flow)
+            scope = rules.scope()
+
+            def apply(text: str, findings: list):
+                r = engine.apply(text, findings, session=session)
+                return r.text, r.counts, r.blocked
+
+            def redact_data(data: str):
+                return bodies.redact_sse_data(
+                    data, lambda texts: engine.redact_many(texts, session=session), scope)
+
+            self._streams[flow.id] = stream = StreamRedactor(engine.analyze, apply, redact_data)
+            resp.stream = stream
+            if "content-length" in resp.headers:  # the redacted stream has another length
+                del resp.headers["content-length"]
+                if not (resp.is_http2 or resp.is_http3):
+                    resp.headers["transfer-encoding"] = "chunked"
+        except Exception as e:
+            self._fail(flow, "response", e)
+
+    def _stream_done(self, flow: http.HTTPFlow, stream: StreamRedactor) -> None:
+        out = Outcome(counts=Counter(stream.counts))
+        self._record(flow, "response", out)
+        meta = _meta(flow)
+        meta["streamed"] = {"events": stream.events}
+        if stream.failed:
+            meta["stream_stopped"] = stream.failed
+            log.error(f"egress gateway stopped the event stream from {flow.request.pretty_host}: "
+                      f"{stream.failed}")
+
     async def response(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or _meta(flow).get("decision") == "blocked":
             return  # the gateway's own answer
+        stream = self._streams.pop(flow.id, None)
+        if stream is not None:  # redacted while it streamed; the stored body is what was sent
+            self._stream_done(flow, stream)
+            return
+        if flow.id in self._unredacted_streams:
+            self._unredacted_streams.discard(flow.id)
+            return  # SSE streamed as it came: this host's responses are not redacted
         try:
             await self._scan_http(flow, "response")
         except Exception as e:
             self._fail(flow, "response", e)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._unredacted_streams.discard(flow.id)
+        stream = self._streams.pop(flow.id, None)
+        if stream is not None:
+            self._stream_done(flow, stream)
 
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None or not flow.websocket.messages:

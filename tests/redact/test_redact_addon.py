@@ -9,11 +9,11 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import FakeEngine
 from egress_gateway.policy import parse_policy
 from egress_gateway.redact.addon import Redactor, parse_options
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
+from redact_fakes import FakeEngine
 
 HOST = "api.example.com"
 
