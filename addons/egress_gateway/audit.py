@@ -134,6 +134,12 @@ class AuditLog:
             self.seq, self.head = self.seq + 1, h
             return h
 
+    def sync(self) -> None:
+        """Force what was written so far to disk (the batched fsync when `fsync` is off)."""
+        with self._lock:
+            if not self._fh.closed:
+                os.fsync(self._fh.fileno())
+
     def checkpoint(self) -> None:
         """Record the chain's head beside the log (atomically); no-op if unchanged."""
         with self._lock:
