@@ -290,3 +290,14 @@ def test_bad_option_is_an_options_error():
             r.done()
 
     asyncio.run(main())
+
+
+def test_no_redaction_means_no_engine_at_all():
+    built = []
+    core = SimpleNamespace(policy=policy("redact:\n  enabled: false\n"))
+    r = Redactor(core, engine_factory=lambda settings: built.append(settings) or FakeEngine())
+    f = req_flow(b'{"to": "a@b.co"}')
+    run(r, lambda: r.request(f))
+    r.prewarm()
+    assert f.request.raw_content == b'{"to": "a@b.co"}' and f.response is None
+    assert built == []  # the detection engine was never even built

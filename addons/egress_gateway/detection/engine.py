@@ -25,11 +25,12 @@ import os
 # suffix list on first use. Must be set before presidio is imported.
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
+import hashlib  # noqa: E402
 import importlib  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 import threading  # noqa: E402
-from collections import Counter
+from collections import Counter, OrderedDict  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
@@ -360,6 +361,54 @@ def _resolve(cluster: list[Finding]) -> Finding:
     )
 
 
+ANALYSIS_BATCH = 2  # chunks analysed together: 200 KB peaks at ~220 MB (8: 380, 64: 560)
+
+
+class FindingsCache:
+    """Bounded LRU of findings per text: keys are 16-byte BLAKE2b digests of the text and the
+    prose hint (the text itself is not kept); bounded by entries and by the text length they
+    stand for. Thread-safe."""
+
+    def __init__(self, max_entries: int = 20_000, max_chars: int = 64_000_000) -> None:
+        self.max_entries, self.max_chars = max_entries, max_chars
+        self._data: OrderedDict[bytes, tuple[tuple[Finding, ...], int]] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(text: str, prose: bool | None) -> bytes:
+        h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16)
+        h.update(b"\x00" if prose is None else b"\x01" if prose else b"\x02")
+        return h.digest()
+
+    def get(self, key: bytes) -> tuple[Finding, ...] | None:
+        with self._lock:
+            hit = self._data.get(key)
+            if hit is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return hit[0]
+
+    def put(self, key: bytes, findings: list[Finding], chars: int) -> None:
+        if chars > self.max_chars:
+            return
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._chars -= old[1]
+            self._data[key] = (tuple(findings), chars)
+            self._chars += chars
+            while self._data and (len(self._data) > self.max_entries or self._chars > self.max_chars):
+                _, (_, n) = self._data.popitem(last=False)
+                self._chars -= n
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
 class DetectionEngine:
     """Detection and redaction under one ``DetectionSettings``.
 
@@ -385,6 +434,7 @@ class DetectionEngine:
     def __init__(self, settings: DetectionSettings) -> None:
         global _pseudonyms
         self.settings = settings
+        self.cache = FindingsCache()
         self._heavy = _get_heavy(settings.model)
         self.entities = settings.active_entities()
         registry = RecognizerRegistry(supported_languages=["en"])
@@ -478,26 +528,56 @@ class DetectionEngine:
         return looks_like_prose(chunk)
 
     def analyze_many(self, texts: list[str], prose: bool | None = None) -> list[list[Finding]]:
-        """Findings for each text (batched NER over all prose chunks)."""
+        """Findings for each text (batched NER over all prose chunks).
+
+        Results are cached per text (`FindingsCache`, keyed by a digest of the text and the
+        prose hint; one cache per engine, i.e. per detection settings): an agent re-sends its
+        whole conversation every turn, and only the new messages are analysed.
+        """
+        out: list[list[Finding] | None] = [None] * len(texts)
+        todo: list[int] = []
+        keys: dict[int, bytes] = {}
+        for i, text in enumerate(texts):
+            if len(text) < 3:
+                out[i] = []
+                continue
+            key = self.cache.key(text, prose)
+            hit = self.cache.get(key)
+            if hit is not None:
+                out[i] = list(hit)
+            else:
+                keys[i] = key
+                todo.append(i)
+        if todo:
+            found = self._analyze_uncached([texts[i] for i in todo], prose)
+            for i, findings in zip(todo, found, strict=True):
+                out[i] = findings
+                self.cache.put(keys[i], findings, len(texts[i]))
+        return out  # type: ignore[return-value]
+
+    def _analyze_uncached(self, texts: list[str], prose: bool | None) -> list[list[Finding]]:
         s = self.settings
         jobs: list[tuple[int, int, str]] = []  # (text index, offset, chunk)
         for i, text in enumerate(texts):
-            if len(text) >= 3:
-                jobs += [(i, off, c) for off, c in split_chunks(text, s.chunk_size, s.chunk_overlap)]
-        ner_flags = [self._use_ner(c, prose) for _, _, c in jobs]
+            jobs += [(i, off, c) for off, c in split_chunks(text, s.chunk_size, s.chunk_overlap)]
         raw: list[list[Finding]] = [[] for _ in texts]
         if self._analyzer is not None and jobs:
-            arts = self._heavy.artifacts([c for _, _, c in jobs], ner_flags)
-            for (i, off, chunk), art in zip(jobs, arts, strict=True):
-                results = self._analyzer.analyze(
-                    chunk,
-                    language="en",
-                    entities=self._chunk_entities,
-                    nlp_artifacts=art,
-                    score_threshold=0.0,
-                    allow_list=list(self._allow) or None,
-                )
-                raw[i] += self._keep(chunk, results, off)
+            # A bounded number of chunks at a time: spaCy docs and Presidio's artifacts of a
+            # 200 KB body all alive at once took ~400 MB more than one batch does.
+            for b in range(0, len(jobs), ANALYSIS_BATCH):
+                batch = jobs[b:b + ANALYSIS_BATCH]
+                ner_flags = [self._use_ner(c, prose) for _, _, c in batch]
+                arts = self._heavy.artifacts([c for _, _, c in batch], ner_flags)
+                for (i, off, chunk), art in zip(batch, arts, strict=True):
+                    results = self._analyzer.analyze(
+                        chunk,
+                        language="en",
+                        entities=self._chunk_entities,
+                        nlp_artifacts=art,
+                        score_threshold=0.0,
+                        allow_list=list(self._allow) or None,
+                    )
+                    raw[i] += self._keep(chunk, results, off)
         if self._pem is not None:
             for i, text in enumerate(texts):
                 if "PRIVATE KEY" in text:

@@ -164,6 +164,7 @@ class Redactor:
         self._engines: dict = {}
         self._streams: dict[str, StreamRedactor] = {}  # flow id -> its stream redactor
         self._unredacted_streams: set[str] = set()
+        self._warm = False
         self._lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -262,7 +263,12 @@ class Redactor:
                 rule = redact.rules[idx] if idx >= 0 else None
                 rules = redact._merged(rule, direction)
                 if rules.enabled:
-                    self.engine_for(policy, idx, direction, rules)
+                    engine = self.engine_for(policy, idx, direction, rules)
+                    if not self._warm:
+                        # spaCy's first call initialises lazily (~150 ms): not on a real request
+                        engine.analyze("Warm-up: Jane Roe wrote to jane.roe@example.com today.",
+                                       prose=True)
+                        self._warm = True
 
     # --- running a scan ---------------------------------------------------------------------
     async def _run(self, fn: Callable[[], Outcome]) -> Outcome:
