@@ -620,6 +620,23 @@ class DetectionEngine:
         return [self._apply(text, findings, get_table)
                 for text, findings in zip(texts, all_findings, strict=True)]
 
+    def redact_many_cached(
+        self, texts: list[str], session: str = "", prose: bool | None = None
+    ) -> list[TextResult] | None:
+        """`redact_many` if every text's findings are cached (cheap enough for the event loop),
+        else None without analysing anything."""
+        found: list[list[Finding]] = []
+        for text in texts:
+            if len(text) < 3:
+                found.append([])
+                continue
+            hit = self.cache.get(self.cache.key(text, prose))
+            if hit is None:
+                return None
+            found.append(list(hit))
+        get_table = self._table_getter(session)
+        return [self._apply(t, f, get_table) for t, f in zip(texts, found, strict=True)]
+
     def apply(self, text: str, findings: list[Finding], session: str = "") -> TextResult:
         """Rewrite ``text`` with findings computed earlier (e.g. on a longer text that starts
         with ``text``: streaming redaction analyses once and releases a prefix). Findings that

@@ -39,7 +39,12 @@ from .walker import TextJob
 
 log = logging.getLogger(__name__)
 
+INLINE_MAX_BYTES = 64 * 1024  # larger messages always go to the pool (parsing takes time)
 DEFAULT_BODY_LIMIT = 10 * 1024 * 1024
+
+
+class _CacheMiss(Exception):
+    """A text is not in the findings cache: the message needs the worker pool."""
 DEFAULT_WORKERS = 2
 DEFAULT_TIMEOUT = 30.0
 
@@ -348,7 +353,9 @@ class Redactor:
                                 lambda texts: engine.redact_many(texts, session=session))
 
         t0 = time.perf_counter()
-        out = await self._run(work)
+        out = self._scan_inline(policy, idx, direction, rules, raw, ct, ce, query, session)
+        if out is None:
+            out = await self._run(work)
         ms = round((time.perf_counter() - t0) * 1000, 1)
         _meta(flow).setdefault("scan_ms", {})[direction] = ms
         self._record(flow, direction, out)
@@ -364,6 +371,27 @@ class Redactor:
             msg.raw_content = out.body
             if "transfer-encoding" not in msg.headers or "content-length" in msg.headers:
                 msg.headers["content-length"] = str(len(out.body))
+
+    def _scan_inline(self, policy, idx, direction, rules, raw, ct, ce, query, session):
+        """A small message whose texts are all cached (or that has none) is finished on the
+        event loop: a thread-pool round trip costs more than the work. None: use the pool."""
+        if raw is not None and len(raw) > INLINE_MAX_BYTES or ce:
+            return None
+        engine = self.engine_for(policy, idx, direction, rules)
+        cached = getattr(engine, "redact_many_cached", None)
+        if cached is None:
+            return None
+
+        def cached_only(texts):
+            results = cached(texts, session=session)
+            if results is None:
+                raise _CacheMiss
+            return results
+
+        try:
+            return scan_message(raw, ct, ce, query, rules, self.options.body_limit, cached_only)
+        except _CacheMiss:
+            return None
 
     # --- hooks ------------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
