@@ -152,7 +152,7 @@ def test_timeout_refuses_with_internal_error():
     r, _ = make(FakeEngine(delay=1.0))
     f = req_flow(b'{"to": "a@b.co"}')
     t0 = time.monotonic()
-    run(r, lambda: r.request(f), gateway_scan_timeout=0.2)
+    run(r, lambda: r.request(f), gateway_scan_timeout="0.2")
     assert time.monotonic() - t0 < 0.9 + 0.5  # returned at the budget, not when the scan ended
     st, code, doc = refusal(f)
     assert (st, code) == (500, "internal_error") and "time budget" in doc["reason"]
@@ -271,7 +271,10 @@ def test_websocket_messages():
     ((4096, 0, 30.0), False),
     ((4096, 2, 0), False),
     ((4096, 2, -1.0), False),
-], ids=["defaults", "tiny-limit", "no-workers", "zero-timeout", "negative-timeout"])
+    ((4096, 2, "0.5"), True),
+    ((4096, 2, "soon"), False),
+], ids=["defaults", "tiny-limit", "no-workers", "zero-timeout", "negative-timeout", "string-seconds",
+        "not-a-number"])
 def test_parse_options(args, ok):
     if ok:
         assert parse_options(*args).workers == 2

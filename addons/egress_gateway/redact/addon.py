@@ -62,7 +62,11 @@ def parse_options(body_limit, workers, timeout) -> ScanOptions:
         raise ValueError(f"gateway_body_limit must be at least 1024 bytes, got {body_limit!r}")
     if not isinstance(workers, int) or not 1 <= workers <= 64:
         raise ValueError(f"gateway_scan_workers must be between 1 and 64, got {workers!r}")
-    if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+    try:
+        timeout = float(timeout)
+    except (TypeError, ValueError):
+        raise ValueError(f"gateway_scan_timeout must be a number of seconds, got {timeout!r}") from None
+    if not 0 < timeout <= 3600:
         raise ValueError(f"gateway_scan_timeout must be > 0 and <= 3600 seconds, got {timeout!r}")
     return ScanOptions(body_limit, workers, float(timeout))
 
@@ -184,7 +188,8 @@ class Redactor:
             "Threads that scan bodies for PII and secrets (off the event loop).",
         )
         loader.add_option(
-            "gateway_scan_timeout", float, DEFAULT_TIMEOUT,
+            # str: mitmproxy cannot parse float options given with --set
+            "gateway_scan_timeout", str, f"{DEFAULT_TIMEOUT:g}",
             "Time budget in seconds for scanning one message; past it the flow is refused "
             "(internal_error).",
         )
