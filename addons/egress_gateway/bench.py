@@ -12,10 +12,12 @@ import asyncio
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +27,11 @@ HOST = "localhost"  # resolvable without DNS by plain mitmdump; pinned for the g
 
 
 # --- upstream (own process) ---------------------------------------------------------------------
+_RAW_PII = re.compile(rb"[\w.]+@example\.com|4111 1111 1111 1111|\(415\) 555-\d{4}|536-\d\d-\d{4}")
+
+
 async def _serve(port: int, sse_events: int, sse_gap: float) -> None:
+    stats = {"requests": 0, "raw_pii": 0}
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -37,6 +43,15 @@ async def _serve(port: int, sse_events: int, sse_gap: float) -> None:
                     if line.lower().startswith("content-length:"):
                         length = int(line.split(":", 1)[1])
                 body = await reader.readexactly(length) if length else b""
+                if _RAW_PII.search(body):
+                    stats["raw_pii"] += 1
+                stats["requests"] += 1
+                if path.endswith("/stats"):
+                    payload = json.dumps(stats).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+                    await writer.drain()
+                    continue
                 if path.endswith("/sse"):
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                                  b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n")
@@ -437,6 +452,106 @@ def run(args) -> dict:
     return results
 
 
+def run_load(args) -> dict:
+    """Concurrent clients, mixed allowed / refused / PII traffic, then the audit checks."""
+    import httpx
+
+    from . import verify as verify_mod
+
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-load-"))
+    up_port = _free_port()
+    upstream = subprocess.Popen([sys.executable, "-m", "egress_gateway.bench", "--serve-upstream",
+                                 str(up_port)], cwd=REPO_ROOT, start_new_session=True)
+    time.sleep(0.5)
+    procs = start_proxies(tmp, up_port, ["redact"])
+    gw = procs["redact"]
+    url = f"http://{HOST}:{up_port}/v1/messages"
+    refused_url = f"http://blocked.test.example:{up_port}/v1/messages"
+    rss_start = _rss_mb(gw.proc.pid)
+    lock = threading.Lock()
+    lat: list[float] = []
+    counts = {"allowed": 0, "pii": 0, "refused": 0}
+    errors: list[str] = []
+    deadline = time.monotonic() + args.duration
+
+    def client(n: int) -> None:
+        rng = random.Random(n)
+        with httpx.Client(proxy=gw.proxy, timeout=60) as c:
+            while time.monotonic() < deadline:
+                kind = rng.choices(["allowed", "pii", "refused"], [6, 3, 1])[0]
+                text = pii_sentence(rng) if kind == "pii" else rng.choice(FILLER)
+                body = json.dumps(chat_request(f"{text} (client {n})")).encode()
+                t0 = time.perf_counter()
+                try:
+                    r = c.post(refused_url if kind == "refused" else url, content=body,
+                               headers={"content-type": "application/json"})
+                    ok = r.status_code == (403 if kind == "refused" else 200)
+                    why = None if ok else f"{kind}: HTTP {r.status_code} {r.text[:120]}"
+                except httpx.HTTPError as e:
+                    why = f"{kind}: {type(e).__name__}: {e}"
+                ms = (time.perf_counter() - t0) * 1000
+                with lock:
+                    lat.append(ms)
+                    counts[kind] += 1
+                    if why:
+                        errors.append(why)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    t_start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t_start
+    rss_end = _rss_mb(gw.proc.pid)
+    peak = gw.peak_rss_mb()
+    stats = httpx.get(f"http://127.0.0.1:{up_port}/stats", timeout=10).json()
+    gw.stop()  # a clean shutdown writes the audit checkpoint
+    upstream.terminate()
+    served = len(lat)
+    rec_dir = tmp / "redact"
+    audit_log = tmp / "redact-audit.jsonl"
+    res = verify_mod.verify(rec_dir, audit_log, None)
+    lines = [json.loads(x) for x in audit_log.read_text().splitlines() if x.strip()]
+    http_lines = [x for x in lines if x.get("kind") == "http"]
+    return {
+        "clients": args.clients, "duration_s": round(elapsed, 1), "served": served,
+        "by_kind": counts, "rps": round(served / elapsed, 1), "errors": len(errors),
+        "error_examples": errors[:5],
+        "latency_ms": {"p50": round(pct(lat, 0.5), 1), "p95": round(pct(lat, 0.95), 1),
+                       "p99": round(pct(lat, 0.99), 1), "max": round(max(lat), 1) if lat else None},
+        "rss_mb": {"start": round(rss_start, 1), "end": round(rss_end, 1), "peak": round(peak, 1)},
+        "upstream": {"requests": stats["requests"] - 1, "raw_pii_bodies": stats["raw_pii"]},
+        "audit": {"http_lines": len(http_lines), "recorded": res.flows, "verify_ok": res.ok,
+                  "problems": res.problems[:3]},
+    }
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def print_load(r: dict) -> None:
+    print(f"\nload: {r['clients']} clients for {r['duration_s']} s, mixed allowed / PII / refused")
+    print(f"  served {r['served']} ({r['by_kind']}), {r['rps']} req/s, errors {r['errors']}")
+    la = r["latency_ms"]
+    print(f"  latency p50 {la['p50']} ms, p95 {la['p95']} ms, p99 {la['p99']} ms, max {la['max']} ms")
+    m = r["rss_mb"]
+    print(f"  gateway memory: start {m['start']} MB, end {m['end']} MB, peak {m['peak']} MB")
+    u, a = r["upstream"], r["audit"]
+    print(f"  upstream received {u['requests']} requests, {u['raw_pii_bodies']} with raw PII")
+    print(f"  audit: {a['http_lines']} flow lines, {a['recorded']} recorded flows, "
+          f"chain verifies: {a['verify_ok']} {a['problems'] or ''}")
+    for e in r["error_examples"]:
+        print(f"  error: {e}")
+
+
 def print_table(r: dict) -> None:
     print("\nthroughput, small JSON without PII (sequential, keep-alive; median of rounds)")
     for name, v in r["throughput_rps"].items():
@@ -465,12 +580,26 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="run_gateway.sh bench")
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--quick", action="store_true", help="tiny counts: a smoke test")
+    ap.add_argument("--load", action="store_true",
+                    help="load test: concurrent mixed traffic, then audit/recording checks")
+    ap.add_argument("--clients", type=int, default=32, help="--load: concurrent clients (32)")
+    ap.add_argument("--duration", type=float, default=60, help="--load: seconds (60)")
     ap.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--sse-events", type=int, default=200, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_upstream:
         asyncio.run(_serve(args.serve_upstream, args.sse_events, 0.005))
         return 0
+    if args.load:
+        results = run_load(args)
+        print_load(results)
+        ok = (results["errors"] == 0 and results["upstream"]["raw_pii_bodies"] == 0
+              and results["audit"]["verify_ok"]
+              and results["audit"]["recorded"] >= results["served"])
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        print("\nload check: " + ("PASSED" if ok else "FAILED"))
+        return 0 if ok else 1
     results = run(args)
     print_table(results)
     if args.json:
