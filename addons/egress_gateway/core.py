@@ -64,11 +64,7 @@ class Core:
         if "gateway_policy" in updated:
             path = Path(ctx.options.gateway_policy).expanduser()
             try:
-                policy = load_policy(path)
-                problem = exposure_problem(ctx.options.mode, ctx.options.listen_host,
-                                           ctx.options.proxyauth, policy)
-                if problem:
-                    raise PolicyError([f"{path}: clients.allow: {problem}"])
+                policy = _load_checked(path)
             except PolicyError as e:
                 raise exceptions.OptionsError(f"invalid gateway policy:\n{e}") from None
             self.policy, self.policy_path = policy, path
@@ -128,16 +124,22 @@ class Core:
                 continue
             self._policy_state = state
             try:
-                policy = load_policy(path)
-                problem = exposure_problem(ctx.options.mode, ctx.options.listen_host,
-                                           ctx.options.proxyauth, policy)
-                if problem:
-                    raise PolicyError([f"{path}: clients.allow: {problem}"])
+                policy = _load_checked(path)
             except PolicyError as e:
                 log.error(f"egress gateway: policy reload FAILED, keeping the last good policy:\n{e}")
                 continue
             self.policy = policy
             log.info(f"egress gateway: policy {path} reloaded ({_summary(policy)})")
+
+
+def _load_checked(path: Path) -> Policy:
+    """Load a policy and check it against how the gateway listens; raise PolicyError."""
+    policy = load_policy(path)
+    problem = exposure_problem(ctx.options.mode, ctx.options.listen_host, ctx.options.proxyauth,
+                               policy)
+    if problem:
+        raise PolicyError([f"{path}: clients.allow: {problem}"])
+    return policy
 
 
 def _summary(policy: Policy | None) -> str:

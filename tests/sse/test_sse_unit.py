@@ -3,35 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 from egress_gateway.sse import HoldBack, SSEParser, StreamRedactor
-
-EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-
-
-class F:
-    def __init__(self, start, end):
-        self.start, self.end = start, end
-
-
-def analyze(text):
-    return [F(m.start(), m.end()) for m in EMAIL.finditer(text)]
-
-
-def apply(text, findings):
-    out, last = "", 0
-    for f in sorted(findings, key=lambda f: f.start):
-        out += text[last:f.start] + "<EMAIL_ADDRESS>"
-        last = f.end
-    n = len(findings)
-    return out + text[last:], ({"EMAIL_ADDRESS": n} if n else {}), set()
-
-
-def redact_data(data):
-    return apply(data, analyze(data))
-
+from sse_fakes import EMAIL, analyze, apply, redact_data
 
 PARSE = [
     ("lf", [b"event: a\ndata: 1\n\n"], [("a", "1")]),
