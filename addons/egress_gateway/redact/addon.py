@@ -78,6 +78,7 @@ class Outcome:
 
     body: bytes | None = None  # new raw body; None: forward the original bytes
     query: str | None = None  # new query string; None: unchanged
+    path: str | None = None  # new URL path (without the query); None: unchanged
     text: str | None = None  # new WebSocket text; None: unchanged
     counts: Counter = field(default_factory=Counter)
     refusal: tuple[str, str, dict] | None = None  # (code, reason, details)
@@ -95,12 +96,13 @@ def _policy_refusal(what: str, action: str, code: str, reason: str, out: Outcome
 
 def scan_message(raw: bytes | None, content_type: str | None, content_encoding: str | None,
                  query: str | None, rules: DirectionRules, limit: int,
-                 redact_many: Callable) -> Outcome:
+                 redact_many: Callable, path: str | None = None) -> Outcome:
     """Plan, redact and rebuild one HTTP message (pure: no flow access; runs on a worker)."""
     out = Outcome()
     job = TextJob()
     opts = bodies.Options(scope=rules.scope(), unsupported=rules.unsupported)
     qfinish = bodies.plan_urlencoded(job, query, opts) if query else None
+    pfinish = bodies.plan_path(job, path) if path else None
     bplan = None
     if raw is None:  # streamed: the body never passes through the gateway's hooks
         if _policy_refusal("too_large", rules.too_large, "too_large",
@@ -125,6 +127,8 @@ def scan_message(raw: bytes | None, content_type: str | None, content_encoding: 
         return out
     if qfinish is not None:
         out.query = qfinish()
+    if pfinish is not None:
+        out.path = pfinish()
     if bplan is not None:
         out.body = bplan.finish()
     return out
@@ -340,13 +344,17 @@ class Redactor:
         if not rules.enabled:
             return
         msg = flow.request if direction == "request" else flow.response
-        query = None
-        if direction == "request" and rules.query:
-            query = flow.request.path.partition("?")[2] or None
+        query = upath = None
+        if direction == "request":
+            path_part, _, query_part = flow.request.path.partition("?")
+            if rules.query:
+                query = query_part or None
+            if getattr(rules, "path", False) and path_part.startswith("/") and path_part != "/":
+                upath = path_part
         raw = msg.raw_content
         if raw is None and not msg.stream:
             raw = b""
-        if not raw and not query:
+        if not raw and not query and not upath:
             return
         session = session_of(flow)
         limit = self.options.body_limit
@@ -355,10 +363,10 @@ class Redactor:
         def work() -> Outcome:
             engine = self.engine_for(policy, idx, direction, rules)
             return scan_message(raw, ct, ce, query, rules, limit,
-                                lambda texts: engine.redact_many(texts, session=session))
+                                lambda texts: engine.redact_many(texts, session=session), upath)
 
         t0 = time.perf_counter()
-        out = self._scan_inline(policy, idx, direction, rules, raw, ct, ce, query, session)
+        out = self._scan_inline(policy, idx, direction, rules, raw, ct, ce, query, session, upath)
         if out is None:
             out = await self._run(work)
         ms = round((time.perf_counter() - t0) * 1000, 1)
@@ -370,14 +378,17 @@ class Redactor:
             log.info(f"egress gateway refused the {direction} to {flow.request.pretty_host}: "
                      f"{code}")
             return
-        if out.query is not None:
-            flow.request.path = flow.request.path.partition("?")[0] + "?" + out.query
+        if out.query is not None or out.path is not None:
+            old_path, sep, old_query = flow.request.path.partition("?")
+            new_path = out.path if out.path is not None else old_path
+            new_query = out.query if out.query is not None else old_query
+            flow.request.path = new_path + (("?" + new_query) if sep else "")
         if out.body is not None:
             msg.raw_content = out.body
             if "transfer-encoding" not in msg.headers or "content-length" in msg.headers:
                 msg.headers["content-length"] = str(len(out.body))
 
-    def _scan_inline(self, policy, idx, direction, rules, raw, ct, ce, query, session):
+    def _scan_inline(self, policy, idx, direction, rules, raw, ct, ce, query, session, upath=None):
         """A small message whose texts are all cached (or that has none) is finished on the
         event loop: a thread-pool round trip costs more than the work. None: use the pool."""
         if raw is not None and len(raw) > INLINE_MAX_BYTES or ce:
@@ -394,7 +405,8 @@ class Redactor:
             return results
 
         try:
-            return scan_message(raw, ct, ce, query, rules, self.options.body_limit, cached_only)
+            return scan_message(raw, ct, ce, query, rules, self.options.body_limit, cached_only,
+                                upath)
         except _CacheMiss:
             return None
 

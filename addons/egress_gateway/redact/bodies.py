@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import quote_plus, unquote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from . import codecs
 from .paths import EVERYTHING, Scope
@@ -213,6 +213,35 @@ def plan_urlencoded(job: TextJob, text: str, opts: Options) -> Callable[[], str 
                 value = quote_plus(new, safe="")
             out.append(key + eq + value)
         return "&".join(out) if changed else None
+
+    return finish
+
+
+def plan_path(job: TextJob, path: str) -> Callable[[], str | None]:
+    """``/users/ann%40example.com/x``: each path segment decoded and scanned; a changed segment
+    is percent-encoded again, the others (and the separators) stay byte for byte."""
+    segments = []
+    for seg in path.split("/"):
+        node = None
+        if seg:
+            decoded = seg
+            if "%" in seg:
+                try:
+                    decoded = unquote(seg, errors="strict")
+                except UnicodeDecodeError:  # not UTF-8: scanned anyway, rewritten only if found
+                    decoded = unquote(seg, errors="replace")
+            node = job.add_text(decoded, EVERYTHING)
+        segments.append((seg, node))
+
+    def finish() -> str | None:
+        out, changed = [], False
+        for seg, node in segments:
+            new = job.result(node) if node is not None else None
+            if new is not None:
+                changed = True
+                seg = quote(new, safe="")
+            out.append(seg)
+        return "/".join(out) if changed else None
 
     return finish
 

@@ -62,6 +62,8 @@ class DirectionRules(_Model):
         description="Parts of JSON bodies never scanned, even inside json_paths.",
     )
     query: bool = Field(True, description="Scan URL query values (requests only).")
+    path: bool = Field(True, description="Scan URL path segments (requests only): each segment "
+                       "is percent-decoded and scanned; found values are replaced and re-encoded.")
     too_large: Action = Field(
         "block",
         description="Bodies over gateway_body_limit (before or after decompression): block "
@@ -104,6 +106,7 @@ class ResponseRules(DirectionRules):
         "unscanned (default) or block (415 unsupported_content).",
     )
     query: bool = Field(False, description="Not used for responses.")
+    path: bool = Field(False, description="Not used for responses.")
 
 
 class RedactRule(_Model):
