@@ -55,3 +55,13 @@ def test_pseudonyms_stay_per_session_with_cache():
     a = e.redact(text, session="s1").text
     b = e.redact(text, session="s2").text  # a cache hit: operators still applied per session
     assert "Grace" not in a and "Grace" not in b
+
+
+def test_deadline_stops_analysis_between_batches(engine):
+    import pytest
+    from egress_gateway.detection.engine import DeadlineExceeded, deadline
+
+    text = "Unique text for the deadline test, written by Ada Lovelace at ada@example.org. " * 400
+    with deadline(-1), pytest.raises(DeadlineExceeded):
+        engine.analyze(text)
+    assert engine.analyze(text)  # outside the block: no deadline, analysed normally

@@ -30,6 +30,7 @@ import importlib  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 from collections import Counter, OrderedDict  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -366,6 +367,36 @@ def _resolve(cluster: list[Finding]) -> Finding:
     )
 
 
+class DeadlineExceeded(TimeoutError):
+    """The caller's time budget ran out between two analysis batches (see `deadline`)."""
+
+
+_local = threading.local()
+
+
+class deadline:  # noqa: N801 - used as a context manager, like contextlib's
+    """``with deadline(seconds): engine.redact_many(...)`` in a worker thread: analysis stops
+    between batches once the budget is spent (the caller has already refused the flow; the
+    thread must not keep the pool busy for minutes)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def __enter__(self) -> deadline:
+        self.prev = getattr(_local, "deadline", None)
+        _local.deadline = self.at
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _local.deadline = self.prev
+
+
+def _check_deadline() -> None:
+    at = getattr(_local, "deadline", None)
+    if at is not None and time.monotonic() > at:
+        raise DeadlineExceeded("analysis stopped: the time budget is spent")
+
+
 ANALYSIS_BATCH = 2  # chunks analysed together: 200 KB peaks at ~220 MB (8: 380, 64: 560)
 
 
@@ -570,6 +601,7 @@ class DetectionEngine:
             # A bounded number of chunks at a time: spaCy docs and Presidio's artifacts of a
             # 200 KB body all alive at once took ~400 MB more than one batch does.
             for b in range(0, len(jobs), ANALYSIS_BATCH):
+                _check_deadline()
                 batch = jobs[b:b + ANALYSIS_BATCH]
                 ner_flags = [self._use_ner(c, prose) for _, _, c in batch]
                 arts = self._heavy.artifacts([c for _, _, c in batch], ner_flags)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from mitmproxy import ctx, exceptions, http
 
 from .. import hosts
+from ..detection.engine import deadline
 from ..refusal import refuse
 from ..session import session_of
 from ..sse import StreamRedactor
@@ -362,8 +363,9 @@ class Redactor:
 
         def work() -> Outcome:
             engine = self.engine_for(policy, idx, direction, rules)
-            return scan_message(raw, ct, ce, query, rules, limit,
-                                lambda texts: engine.redact_many(texts, session=session), upath)
+            with deadline(self.options.timeout):  # the worker stops too, not only the wait
+                return scan_message(raw, ct, ce, query, rules, limit,
+                                    lambda texts: engine.redact_many(texts, session=session), upath)
 
         t0 = time.perf_counter()
         out = self._scan_inline(policy, idx, direction, rules, raw, ct, ce, query, session, upath)
