@@ -25,6 +25,7 @@ import logging
 import re
 import time
 import urllib.parse
+from collections import OrderedDict
 from typing import Annotated, Literal
 
 from mitmproxy import command, ctx, exceptions, hooks, http
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.02
 DEFAULT_TIMEOUT = 60.0
+MAX_ALWAYS = 10_000  # remembered "approve always" decisions (oldest forgotten first)
 MAX_TIMEOUT = 3600.0
 
 
@@ -349,7 +351,9 @@ class Approvals:
         self.attended = attended  # None: a reviewer exists when running under mitmweb
         self.peers: list = []  # the bundle, to find the redaction addon (set by make_addons)
         self.held: dict[str, Hold] = {}
-        self.always: set[tuple[str, str, str]] = set()  # (session, rule name, rule key)
+        # (session, rule name, rule key) -> None, oldest first: "approve always" decisions,
+        # bounded so that a flood of sessions cannot grow it without limit
+        self.always: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
     # --- lifecycle ---------------------------------------------------------------------------
     def _web(self) -> bool:
@@ -483,7 +487,9 @@ class Approvals:
                 f"; {prior}" if prior else "")
             return
         if always:
-            self.always.add((sess, rule.name, rule.key))
+            self.always[(sess, rule.name, rule.key)] = None
+            while len(self.always) > MAX_ALWAYS:
+                self.always.popitem(last=False)
         self._record(flow, rule, "approved", by, waited, always=always or None)
         flow.comment = (f"APPROVED ({by}{', always' if always else ''}) after {waited:g}s: "
                         f"rule {rule.name!r}" + (f"; {prior}" if prior else ""))

@@ -400,3 +400,25 @@ def test_bundle_order():
         if after in names:
             assert names.index(after) > i, names
     assert addons[i].peers is addons
+
+
+
+def test_approve_always_memory_is_bounded(monkeypatch):
+    from egress_gateway import approvals as mod
+
+    monkeypatch.setattr(mod, "MAX_ALWAYS", 1)
+
+    async def go():
+        _, _, appr = make()
+        a, b = flow(peer="127.0.0.3"), flow(peer="127.0.0.4")
+        with taddons.context():
+            await hold_then(appr, a, lambda: appr.approve_always(a.id))
+            await hold_then(appr, b, lambda: appr.approve_always(b.id))
+            assert len(appr.always) == 1  # the oldest decision was forgotten
+            again = flow(peer="127.0.0.3")
+            task = asyncio.create_task(appr.request(again))
+            await asyncio.sleep(0.1)
+            assert again.id in appr.held  # session a is asked again
+            appr.deny(again.id)
+            await task
+    run(go())
