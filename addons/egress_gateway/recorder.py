@@ -91,7 +91,7 @@ def mask_value(value: str) -> str:
     return MASK
 
 
-def recorded_state(flow: http.HTTPFlow, forwarded: bool) -> dict:
+def recorded_state(flow: http.HTTPFlow, forwarded: bool, path: str | None = None) -> dict:
     """The flow's state as it is recorded: masked credentials, nothing that was not forwarded.
 
     Built from ``flow.get_state()`` (new containers, the live flow is never touched): about a
@@ -116,6 +116,9 @@ def recorded_state(flow: http.HTTPFlow, forwarded: bool) -> dict:
         if req["method"] != b"CONNECT" and b"?" in req["path"]:
             req["path"] = req["path"].split(b"?", 1)[0]
             note["query_dropped"] = True
+        if path is not None:
+            req["path"] = path.encode()
+            note["path_redacted"] = True
     if state.get("websocket") is not None:
         ws = state["websocket"] = dict(state["websocket"])
         msgs, dropped_msgs = [], 0
@@ -478,14 +481,21 @@ class Recorder:
         answerable = answerable and forwarded and flow.response is not None \
             and not flow.response.stream
         try:
-            data = serialize(recorded_state(flow, forwarded))
+            path = None if forwarded else self._scrubbed_path(flow)
+            data = serialize(recorded_state(flow, forwarded, path))
             rec = audit.flow_record(flow, kind)
             if not forwarded:
                 rec["bytes_out"] = 0  # refused before it left: nothing went out
+                if path is not None:
+                    rec["path"] = path
             if self.fsync:  # waits for the disk: keep the event loop free meanwhile
                 await asyncio.to_thread(self._write, session.session_of(flow), data, rec)
             else:  # one write() of a few KB to the page cache: cheaper than a thread hop
                 self._write(session.session_of(flow), data, rec)
+            if not forwarded and flow.request.method != "CONNECT":
+                # mitmdump prints each flow's URL after this hook, mitmweb shows it: a refused
+                # request's query and unscanned path stay out of both too.
+                flow.request.path = path if path is not None else flow.request.path.split("?", 1)[0]
             return
         except Exception as e:
             why = f"{type(e).__name__}: {e}"
@@ -500,6 +510,23 @@ class Recorder:
             self.core.audit.write(rec)
         except Exception:
             log.exception("egress gateway: could not write the audit line either")
+
+    def _scrubbed_path(self, flow: http.HTTPFlow) -> str | None:
+        """A refused request was never scanned: PII or a secret in its URL path must not reach
+        the recording or the audit line. Patterns only (no NER); None if nothing was found."""
+        path = flow.request.path.split("?", 1)[0]
+        if flow.request.method == "CONNECT" or not path.startswith("/") or path == "/":
+            return None
+        from .detection import DetectionEngine
+        from .redact.bodies import plan_path
+        from .redact.walker import TextJob
+
+        policy = self.core.policy
+        engine = DetectionEngine.get(getattr(policy, "detection", None))
+        job = TextJob()
+        finish = plan_path(job, path)
+        job.run(lambda texts: engine.redact_many(texts, prose=False))
+        return finish()
 
     def _write(self, sid: str, data: bytes, rec: dict) -> None:
         """Append the recording, then its audit line (one lock: file order = chain order)."""
