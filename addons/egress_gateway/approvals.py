@@ -496,6 +496,12 @@ class Approvals:
         if _snapshot(flow.request) != before:
             await self._recheck_edited(flow, rule)
 
+    def client_disconnected(self, client) -> None:
+        """The agent went away while its request was held: stop waiting (denied, never sent)."""
+        for hold in list(self.held.values()):
+            if hold.decision is None and hold.flow.client_conn.id == client.id:
+                hold.decision = ("deny", "client disconnected", False)
+
     async def _wait(self, flow: http.HTTPFlow, hold: Hold) -> tuple[str, str, bool]:
         deadline = hold.started + hold.rule.timeout
         while True:

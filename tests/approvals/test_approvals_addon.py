@@ -422,3 +422,19 @@ def test_approve_always_memory_is_bounded(monkeypatch):
             appr.deny(again.id)
             await task
     run(go())
+
+
+def test_client_disconnect_ends_the_hold():
+    async def go():
+        _, _, appr = make()
+        f = flow()
+        with taddons.context():
+            task = asyncio.create_task(appr.request(f))
+            await asyncio.sleep(0.1)
+            assert f.id in appr.held
+            appr.client_disconnected(f.client_conn)
+            await asyncio.wait_for(task, 1)
+        assert f.id not in appr.held
+        a = f.metadata["gateway"]["approval"]
+        assert a["outcome"] == "denied" and a["decided_by"] == "client disconnected"
+    run(go())
