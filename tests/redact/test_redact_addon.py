@@ -304,3 +304,14 @@ def test_no_redaction_means_no_engine_at_all():
     r.prewarm()
     assert f.request.raw_content == b'{"to": "a@b.co"}' and f.response is None
     assert built == []  # the detection engine was never even built
+
+
+def test_rescan_replaces_the_request_counts():
+    r, eng = make()
+    f = req_flow(b'{"to": "a@b.co", "cc": "c@d.co"}')
+    run(r, lambda: r.request(f))
+    assert f.metadata["gateway"]["redactions"]["request"] == {"EMAIL_ADDRESS": 2}
+    f.request.raw_content = b'{"to": "e@f.co"}'  # edited by a reviewer
+    run(r, lambda: r.rescan_request(f))
+    assert f.metadata["gateway"]["redactions"]["request"] == {"EMAIL_ADDRESS": 1}
+    assert b"e@f.co" not in f.request.raw_content

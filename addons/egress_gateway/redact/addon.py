@@ -431,6 +431,14 @@ class Redactor:
         except Exception as e:
             self._fail(flow, "request", e)
 
+    async def rescan_request(self, flow: http.HTTPFlow) -> None:
+        """Scan a request again after a reviewer edited it (approvals): its counts are replaced,
+        not added to the first scan's."""
+        meta = _meta(flow)
+        meta.get("redactions", {}).pop("request", None)
+        meta.get("scan_ms", {}).pop("request", None)
+        await self.request(flow)
+
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
