@@ -190,7 +190,8 @@ def flow_record(flow: http.HTTPFlow, kind: str = "http") -> dict:
     }
     if flow.error and not meta.get("code"):
         rec["error"] = flow.error.msg
-    for key in ("identity", "would_block", "redactions", "approval", "credential"):
+    for key in ("identity", "would_block", "redactions", "unscanned", "scan_ms", "streamed",
+                "stream_stopped", "approval", "credential"):
         if key in meta:
             rec[key] = meta[key]
     out, in_ = flow_bytes(flow)

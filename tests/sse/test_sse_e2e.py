@@ -150,6 +150,7 @@ def test_sdk_streams_redacted_events_incrementally(env):
     assert tool.input == {"to": "<EMAIL_ADDRESS>", "subject": "Invoice"}
     assert final.model == MODEL
     line = [rec for rec in gw.audit() if rec.get("path") == "/v1/messages"][-1]
+    assert line["streamed"]["events"] > 10 and "scan_ms" in line  # visible on the audit line
     counts = line["redactions"]["response"]
     assert counts["EMAIL_ADDRESS"] == 2 and counts["PHONE_NUMBER"] == 1
     assert counts.get("CREDIT_CARD") == 1
