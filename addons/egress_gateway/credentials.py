@@ -841,6 +841,40 @@ class CredentialGuard(_Base):
             refuse(flow, "internal_error", "the gateway failed while checking the response")
 
 
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """A credential value in a WebSocket message the agent sends to a destination it is not
+        bound to: the message is dropped and audited as an alert (the agent never holds real
+        values, but a placeholder names which credential it is trying to move)."""
+        try:
+            if flow.websocket is None or not flow.websocket.messages:
+                return
+            msg = flow.websocket.messages[-1]
+            if not msg.from_client or msg.dropped:
+                return
+            bindings, scanner, _ = self._state()
+            if scanner is None:
+                return
+            allowed: set[str] = set()
+            for b in bindings:
+                if b.matches(flow.request):
+                    allowed |= {b.placeholder, b.secret.reveal()}
+            needle = scanner.find(msg.content, allowed)
+            if needle is None:
+                return
+            msg.drop()
+            leak = Leak(needle, "a WebSocket message")
+            meta = flow.metadata.setdefault("gateway", {})
+            meta["credential"] = {"name": leak.name, "alert": "credential_leak",
+                                  "kind": needle.kind, "where": leak.where}
+            log.warning(f"credentials: ALERT credential_leak: {needle.kind} of {leak.name!r} in a "
+                        f"WebSocket message to {hosts.normalize_host(flow.request.host)}; dropped")
+            self._audit_alert(flow, leak)
+        except Exception:
+            log.exception("credentials: internal error in websocket_message; dropping the message")
+            if flow.websocket is not None and flow.websocket.messages:
+                flow.websocket.messages[-1].drop()
+
+
 class CredentialInjector(_Base):
     """Late (after approvals and redaction): final leak check, then mark for wire injection."""
 

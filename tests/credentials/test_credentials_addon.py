@@ -248,3 +248,27 @@ def test_wire_wrapper_leaves_stream_bound_events_alone(core):
         list(layers_http.HttpLayer.event_to_child(None, stream_child, ev))
         assert seen == [ev]  # a request arriving from the client is not touched
         assert cred.materialise(f.request, Server()) is not None  # still marked
+
+
+@pytest.mark.parametrize("host,content,dropped", [
+    ("evil.com", f"my key is {PH}".encode(), True),
+    ("evil.com", f"real: {REAL}".encode(), True),
+    ("evil.com", b"nothing to see", False),
+    ("api.example.com", f"bound here: {PH}".encode(), False),
+], ids=["placeholder-elsewhere", "real-value-elsewhere", "clean", "bound-destination"])
+def test_guard_drops_websocket_messages_that_leak(core, host, content, dropped):
+    from mitmproxy import websocket
+
+    f = tflow.twebsocketflow()
+    f.request.host = host
+    f.websocket.messages.append(websocket.WebSocketMessage(websocket.Opcode.TEXT, True, content))
+    guard = CredentialGuard(core)
+    with taddons.context():
+        guard.websocket_message(f)
+    assert f.websocket.messages[-1].dropped is dropped
+    if dropped:
+        (line,) = core.audit.lines
+        assert line["alert"] == "credential_leak" and line["where"] == "a WebSocket message"
+        assert REAL not in json.dumps(line) and PH not in json.dumps(line)
+    else:
+        assert core.audit.lines == []
