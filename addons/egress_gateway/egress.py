@@ -16,6 +16,7 @@ import time
 
 from mitmproxy import ctx, http
 from mitmproxy.net.http import url
+from mitmproxy.proxy.layers import tls as tls_layer
 
 from . import allowlist, hosts
 from .allowlist import Decision
@@ -195,6 +196,26 @@ class Egress:
             from mitmproxy import dns
 
             flow.response = flow.request.fail(dns.response_codes.SERVFAIL)
+
+    def next_layer(self, nextlayer) -> None:
+        """Read the SNI of TLS the gateway does not intercept (``ignore_hosts``, passthrough):
+        mitmproxy forwards such a ClientHello without recording its SNI, so `server_connect`
+        could not compare it with the CONNECT target. Recorded here, the dial is checked."""
+        try:
+            client = nextlayer.context.client
+            if client.sni:
+                return
+            data = nextlayer.data_client()
+            if not data or data[0] != 0x16:  # not a TLS handshake record
+                return
+            hello = tls_layer.parse_client_hello(data)
+            if hello is not None and hello.sni:
+                client.sni = hello.sni
+        except ValueError:
+            return  # not a parseable ClientHello: nothing to compare
+        except Exception:
+            log.exception("egress gateway: could not read the TLS SNI; refusing the connection")
+            nextlayer.context.client.error = "egress gateway internal error"
 
     def client_disconnected(self, client) -> None:
         self.tunnels.pop(client.id, None)

@@ -361,3 +361,28 @@ def test_refuses_to_listen_beyond_loopback_without_client_restriction(tmp_path, 
 def test_run_gateway_refuses_unlisted_subcommand():
     res = subprocess.run([str(RUN), "frobnicate"], capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "unknown command" in res.stderr
+
+
+# --- TLS the gateway does not inspect --------------------------------------------------------
+def test_passthrough_tls_with_mismatching_sni_is_refused(tmp_path, confdir, tls_upstream):
+    """ignore_hosts makes mitmproxy pass TLS through unread: the ClientHello's SNI is still
+    compared with the CONNECT target before anything is dialled."""
+    gw = Gateway(tmp_path, policy_yaml(allow=[{"host": PIN, "ports": [tls_upstream.port]}],
+                                       resolve={PIN: "127.0.0.1"}),
+                 confdir=confdir, extra_args=["--set", "ignore_hosts=.*"])
+    try:
+        with pytest.raises((ssl.SSLError, OSError)):
+            s = tls_wrap(connect_tunnel(gw.port, f"{PIN}:{tls_upstream.port}"), "evil.test.example")
+            s.sendall(f"GET / HTTP/1.1\r\nHost: {PIN}\r\n\r\n".encode())
+            if not read_all(s, 3):
+                raise OSError("closed")
+        assert tls_upstream.connections == 0
+        assert any(line.get("identity") == "sni" for line in gw.audit())
+        # the same passthrough with the right SNI reaches the upstream (whose cert we don't check)
+        s = tls_wrap(connect_tunnel(gw.port, f"{PIN}:{tls_upstream.port}"), PIN)
+        s.sendall(f"GET /through HTTP/1.1\r\nHost: {PIN}\r\n\r\n".encode())
+        assert status_of(read_all(s)) == 200
+        s.close()
+        assert tls_upstream.connections == 1
+    finally:
+        gw.stop()
