@@ -386,3 +386,56 @@ def test_passthrough_tls_with_mismatching_sni_is_refused(tmp_path, confdir, tls_
         assert tls_upstream.connections == 1
     finally:
         gw.stop()
+
+
+# --- other proxy modes ---------------------------------------------------------------------------
+def _socks(port: int, host: str, dport: int, payload: bytes) -> bytes:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"\x05\x01\x00")
+    s.recv(2)
+    hb = host.encode()
+    s.sendall(b"\x05\x01\x00\x03" + bytes([len(hb)]) + hb + struct.pack(">H", dport))
+    s.recv(10)
+    s.sendall(payload)
+    out = read_all(s, 3)
+    s.close()
+    return out
+
+
+def test_socks5_mode_is_held_to_the_same_allowlist(tmp_path, confdir, upstream):
+    sp = free_port()
+    gw = Gateway(tmp_path, policy_yaml(allow=[{"host": PIN, "ports": [upstream.port]}],
+                                       resolve={PIN: "127.0.0.1"}),
+                 confdir=confdir, extra_args=["--mode", "regular", "--mode", f"socks5@{sp}"])
+    try:
+        ok = _socks(sp, PIN, upstream.port,
+                    f"GET /s HTTP/1.1\r\nHost: {PIN}:{upstream.port}\r\n\r\n".encode())
+        assert status_of(ok) == 200 and upstream.connections == 1
+        evil = _socks(sp, "evil.test.example", upstream.port,
+                      b"GET /s HTTP/1.1\r\nHost: evil.test.example\r\n\r\n")
+        assert status_of(evil) == 403
+        assert _socks(sp, "127.0.0.1", upstream.port, b"\x01\x02raw") == b""  # IP literal, no cidr
+        mismatch = _socks(sp, PIN, upstream.port,
+                          f"GET /s HTTP/1.1\r\nHost: evil.test.example:{upstream.port}\r\n\r\n".encode())
+        assert status_of(mismatch) == 403
+        assert upstream.connections == 1
+    finally:
+        gw.stop()
+
+
+def test_reverse_mode_to_a_destination_off_the_allowlist(tmp_path, confdir, upstream):
+    rp = free_port()
+    gw = Gateway(tmp_path, policy_yaml(allow=[{"host": PIN, "ports": [upstream.port]}],
+                                       resolve={PIN: "127.0.0.1", "evil.test.example": "127.0.0.1"}),
+                 confdir=confdir,
+                 extra_args=["--mode", "regular", "--mode",
+                             f"reverse:http://evil.test.example:{upstream.port}@{rp}"])
+    try:
+        s = socket.create_connection(("127.0.0.1", rp), timeout=5)
+        s.sendall(b"GET /r HTTP/1.1\r\nHost: whatever\r\n\r\n")
+        resp = read_all(s, 3)
+        s.close()
+        assert status_of(resp) in (403, 502)
+        assert upstream.connections == 0
+    finally:
+        gw.stop()
