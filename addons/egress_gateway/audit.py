@@ -201,6 +201,36 @@ def flow_record(flow: http.HTTPFlow, kind: str = "http") -> dict:
     return rec
 
 
+def stream_record(flow, kind: str) -> dict:
+    """The audit line for a raw TCP or UDP flow (no request/response; messages only)."""
+    meta = flow.metadata.get("gateway", {})
+    addr = flow.server_conn.address or (None, None)
+    peer = flow.client_conn.peername
+    out = sum(len(m.content) for m in flow.messages if m.from_client)
+    in_ = sum(len(m.content) for m in flow.messages if not m.from_client)
+    started = flow.timestamp_created
+    rec = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started))
+        + f".{int(started * 1000) % 1000:03d}Z",
+        "flow": flow.id,
+        "kind": kind,
+        "session": meta.get("session") or (str(peer[0]) if peer else "unknown"),
+        "host": addr[0],
+        "port": addr[1],
+        "decision": meta.get("decision", "allowed"),
+        "reason": meta.get("reason"),
+        "code": meta.get("code"),
+        "messages": len(flow.messages),
+        "bytes_out": out,
+        "bytes_in": in_,
+    }
+    if flow.error and not meta.get("code"):
+        rec["error"] = flow.error.msg
+    if "unscanned" in meta:
+        rec["unscanned"] = meta["unscanned"]
+    return rec
+
+
 def flow_bytes(flow: http.HTTPFlow) -> tuple[int, int]:
     """(bytes sent out, bytes returned) of bodies and WebSocket messages, as stored on the flow."""
     out = len(flow.request.raw_content or b"")

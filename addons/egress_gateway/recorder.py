@@ -511,6 +511,39 @@ class Recorder:
         except Exception:
             log.exception("egress gateway: could not write the audit line either")
 
+    async def tcp_end(self, flow) -> None:
+        await self._record_stream(flow, "tcp")
+
+    async def tcp_error(self, flow) -> None:
+        await self._record_stream(flow, "tcp")
+
+    async def udp_end(self, flow) -> None:
+        await self._record_stream(flow, "udp")
+
+    async def udp_error(self, flow) -> None:
+        await self._record_stream(flow, "udp")
+
+    async def _record_stream(self, flow, kind: str) -> None:
+        """Raw TCP/UDP flows (only where the policy lets unscannable traffic pass): recorded
+        and audited like the others; a failure fails closed for the flows after it."""
+        if flow.metadata.get("gateway_audited"):
+            return
+        flow.metadata["gateway_audited"] = True
+        try:
+            state = flow.get_state()
+            meta = json.loads(json.dumps(flow.metadata.get("gateway", {}), default=str))
+            state["metadata"] = {"gateway": meta}
+            data = serialize(state)
+            rec = audit.stream_record(flow, kind)
+            sid = rec["session"]
+            if self.fsync:
+                await asyncio.to_thread(self._write, sid, data, rec)
+            else:
+                self._write(sid, data, rec)
+        except Exception as e:
+            log.exception(f"egress gateway: could not record {kind} flow {flow.id}")
+            self._fail(f"{type(e).__name__}: {e}")
+
     def _scrubbed_path(self, flow: http.HTTPFlow) -> str | None:
         """A refused request was never scanned: PII or a secret in its URL path must not reach
         the recording or the audit line. Patterns only (no NER); None if nothing was found."""

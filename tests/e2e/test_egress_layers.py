@@ -99,13 +99,20 @@ def test_sni_mismatch_inside_allowed_connect_is_refused(gw, tls_upstream):
     assert tls_upstream.connections == 0
 
 
-def test_sni_mismatch_with_raw_bytes_never_dials(gw, tls_upstream):
-    s = tls_wrap(connect_tunnel(gw.port, f"{PIN}:{tls_upstream.port}"), "evil.test.example")
-    s.sendall(b"\x00\x01raw bytes, not http\n")
-    assert b"HTTP" not in read_all(s, 3)
-    s.close()
-    assert tls_upstream.connections == 0
-    assert any(line.get("identity") == "sni" for line in gw.audit())
+def test_sni_mismatch_with_raw_bytes_never_dials(tmp_path, confdir, tls_upstream):
+    # raw TCP allowed by policy (unsupported: pass), so that the SNI check is what refuses it
+    gw = Gateway(tmp_path, policy_yaml(allow=[{"host": PIN, "ports": [tls_upstream.port]}],
+                                       resolve={PIN: "127.0.0.1"},
+                                       redact={"request": {"unsupported": "pass"}}), confdir=confdir)
+    try:
+        s = tls_wrap(connect_tunnel(gw.port, f"{PIN}:{tls_upstream.port}"), "evil.test.example")
+        s.sendall(b"\x00\x01raw bytes, not http\n")
+        assert b"HTTP" not in read_all(s, 3)
+        s.close()
+        assert tls_upstream.connections == 0
+        assert any(line.get("identity") == "sni" for line in gw.audit())
+    finally:
+        gw.stop()
 
 
 def test_host_header_differs_from_connect_target(gw, tls_upstream):
@@ -217,10 +224,22 @@ class Echo:
 
 
 def test_raw_tcp_through_connect(tmp_path, confdir):
+    """Raw TCP is unscannable: refused by default (redact.request.unsupported: block), relayed
+    when the policy says pass, and recorded either way."""
     echo, closed = Echo(), Echo()
-    gw = Gateway(tmp_path, policy_yaml(allow=[{"host": PIN, "ports": [echo.port]}],
-                                       resolve={PIN: "127.0.0.1"}), confdir=confdir)
+    allow = [{"host": PIN, "ports": [echo.port]}]
+    policy = tmp_path / "p.yaml"
+    policy.write_text(policy_yaml(allow=allow, resolve={PIN: "127.0.0.1"}))
+    gw = Gateway(tmp_path, policy, confdir=confdir)
     try:
+        s = connect_tunnel(gw.port, f"{PIN}:{echo.port}")
+        s.sendall(b"\x01\x02raw tcp\n")
+        assert read_all(s, 3) == b""  # refused before the dial: unscannable
+        s.close()
+        assert echo.connections == 0
+        policy.write_text(policy_yaml(allow=allow, resolve={PIN: "127.0.0.1"},
+                                      redact={"request": {"unsupported": "pass"}}))
+        gw.wait_for("reloaded", timeout=10)
         s = connect_tunnel(gw.port, f"{PIN}:{echo.port}")
         s.sendall(b"\x01\x02raw tcp\n")
         assert s.recv(100) == b"\x01\x02raw tcp\n"
@@ -235,6 +254,10 @@ def test_raw_tcp_through_connect(tmp_path, confdir):
         gw.stop()
         echo.sock.close()
         closed.sock.close()
+    tcp = [rec for rec in gw.audit() if rec.get("kind") == "tcp"]
+    assert [rec["decision"] for rec in tcp] == ["blocked", "allowed"]
+    assert tcp[0]["code"] == "unsupported_content" and tcp[1]["bytes_out"] == 10
+    assert tcp[1]["unscanned"] == {"request": "raw TCP (policy: pass)"}
 
 
 # --- IP literals ------------------------------------------------------------------------------

@@ -431,6 +431,40 @@ class Redactor:
         except Exception as e:
             self._fail(flow, "request", e)
 
+    def tcp_start(self, flow) -> None:
+        """Raw TCP (non-HTTP inside a CONNECT) cannot be scanned: the destination's request
+        rules decide, like any unscannable body: ``unsupported: block`` (the default for
+        requests) refuses the connection before it is dialled; ``pass`` lets it through, noted."""
+        self._raw_stream(flow, "TCP")
+
+    def udp_start(self, flow) -> None:
+        self._raw_stream(flow, "UDP")
+
+    def _raw_stream(self, flow, what: str) -> None:
+        try:
+            policy = self.core.policy
+            if policy is None:
+                raise RuntimeError("no policy loaded")
+            if not self._settings(policy)[0].enabled:
+                return
+            host = flow.server_conn.address[0] if flow.server_conn.address else ""
+            _, rules = self.rules_for(policy, host, "", "request")
+            if not rules.enabled:
+                return
+            meta = _meta(flow)
+            if rules.unsupported == "block":
+                reason = (f"raw {what} cannot be scanned for PII and secrets; the policy blocks "
+                          "unscannable content (redact.request.unsupported: block)")
+                flow.server_conn.error = f"refused by the egress gateway: {reason}"
+                meta.update(decision="blocked", code="unsupported_content", reason=reason)
+                log.info(f"egress gateway refused raw {what} to {host}: unscannable")
+            else:
+                meta.setdefault("unscanned", {})["request"] = f"raw {what} (policy: pass)"
+                log.warning(f"egress gateway passes raw {what} to {host} unscanned (policy)")
+        except Exception:
+            log.exception(f"egress gateway: internal error checking raw {what}; refusing it")
+            flow.server_conn.error = "egress gateway internal error"
+
     async def rescan_request(self, flow: http.HTTPFlow) -> None:
         """Scan a request again after a reviewer edited it (approvals): its counts are replaced,
         not added to the first scan's."""
