@@ -11,7 +11,7 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.proxy import mode_specs
 
 from . import gate as gate_mod
-from . import hosts
+from . import hosts, logscrub
 from .audit import AuditLog
 from .paths import DEFAULT_POLICY, RECORDINGS
 from .policy import Policy, PolicyError, load_policy
@@ -55,6 +55,7 @@ class Core:
             "Audit log: one JSON line per flow.",
         )
         self.gate = gate_mod.install()
+        logscrub.install()
 
     def configure(self, updated: set[str]) -> None:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":

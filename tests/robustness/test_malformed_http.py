@@ -109,3 +109,14 @@ def test_many_connections_then_healthy(env):
     for s in socks:
         s.close()
     healthy(gw, up)
+
+
+def test_raw_bytes_of_bad_requests_stay_out_of_the_log(env):
+    gw, up = env
+    secret = "sk-live-9f8e7d6c5b4a39281706"
+    resp = send(gw.port, f"GARBAGE /?token={secret} NONSENSE\r\n\r\n".encode())
+    assert status(resp) == 400
+    healthy(gw, up)
+    log = gw.log_text()
+    assert secret not in log
+    assert "Bad HTTP request line: <" in log  # the event is still logged, its bytes withheld
