@@ -95,6 +95,13 @@ def _policy_refusal(what: str, action: str, code: str, reason: str, out: Outcome
     return None
 
 
+def _blocked_refusal(blocked: set[str]) -> tuple[str, str, dict]:
+    """The refusal for a message carrying entities whose operator is ``block`` (types only)."""
+    names = sorted(blocked)
+    return ("sensitive_data", f"the message carries data the policy blocks: {', '.join(names)}",
+            {"entities": names})
+
+
 def scan_message(raw: bytes | None, content_type: str | None, content_encoding: str | None,
                  query: str | None, rules: DirectionRules, limit: int,
                  redact_many: Callable, path: str | None = None) -> Outcome:
@@ -122,9 +129,7 @@ def scan_message(raw: bytes | None, content_type: str | None, content_encoding: 
     out.counts = job.counts
     out.notes = opts.notes
     if job.blocked:
-        names = sorted(job.blocked)
-        out.refusal = ("sensitive_data", f"the message carries data the policy blocks: "
-                       f"{', '.join(names)}", {"entities": names})
+        out.refusal = _blocked_refusal(job.blocked)
         return out
     if qfinish is not None:
         out.query = qfinish()
@@ -142,9 +147,7 @@ def scan_ws_text(text: str, rules: DirectionRules, redact_many: Callable) -> Out
     job.run(redact_many)
     out.counts = job.counts
     if job.blocked:
-        names = sorted(job.blocked)
-        out.refusal = ("sensitive_data", f"the message carries data the policy blocks: "
-                       f"{', '.join(names)}", {"entities": names})
+        out.refusal = _blocked_refusal(job.blocked)
         return out
     out.text = job.result(node)
     return out
