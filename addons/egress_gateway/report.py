@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 from . import verify as verify_mod
-from .recorder import DEFAULT_HMAC_ENV, parse_hmac_env
+from .verify import add_log_arguments, key_from_args
 
 TEMPLATE = "report.html.j2"
 FLOW_KINDS = ("http", "websocket")
@@ -179,18 +178,11 @@ def build(directory: Path, audit_path: Path | None, key: bytes | None) -> dict:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="run_gateway.sh audit",
                                  description="Per-session audit report of a recordings directory.")
-    ap.add_argument("dir", type=Path, help="recordings directory (holds audit.jsonl by default)")
-    ap.add_argument("--audit", type=Path, help="audit log (default DIR/audit.jsonl)")
+    add_log_arguments(ap)
     ap.add_argument("--json", type=Path, help="also write the report as JSON to this file")
     ap.add_argument("--html", type=Path, help="also write a self-contained HTML page to this file")
-    ap.add_argument("--hmac-env", default=DEFAULT_HMAC_ENV,
-                    help=f"environment variable with the HMAC key (default {DEFAULT_HMAC_ENV})")
     args = ap.parse_args(argv)
-    try:
-        key = parse_hmac_env(args.hmac_env, os.environ)
-    except ValueError as e:
-        print(f"audit: {e}", file=sys.stderr)
-        return 2
+    key = key_from_args(args, "audit")
     audit_path = args.audit or args.dir / "audit.jsonl"
     if not audit_path.is_file():
         print(f"audit: no audit log at {audit_path}", file=sys.stderr)

@@ -220,19 +220,29 @@ def _count_flows(data: bytes) -> int:
         return 0
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="run_gateway.sh verify",
-                                 description="Verify recordings and the audit log's hash chain.")
+def add_log_arguments(ap: argparse.ArgumentParser) -> None:
+    """DIR, --audit and --hmac-env: the arguments `verify` and `audit` share."""
     ap.add_argument("dir", type=Path, help="recordings directory (holds audit.jsonl by default)")
     ap.add_argument("--audit", type=Path, help="audit log (default DIR/audit.jsonl)")
     ap.add_argument("--hmac-env", default=DEFAULT_HMAC_ENV,
                     help=f"environment variable with the HMAC key (default {DEFAULT_HMAC_ENV})")
-    args = ap.parse_args(argv)
+
+
+def key_from_args(args: argparse.Namespace, prog: str) -> bytes | None:
+    """The HMAC key named by --hmac-env; SystemExit(2) with a message if the name is invalid."""
     try:
-        key = parse_hmac_env(args.hmac_env, os.environ)
+        return parse_hmac_env(args.hmac_env, os.environ)
     except ValueError as e:
-        print(f"verify: {e}", file=sys.stderr)
-        return 2
+        print(f"{prog}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="run_gateway.sh verify",
+                                 description="Verify recordings and the audit log's hash chain.")
+    add_log_arguments(ap)
+    args = ap.parse_args(argv)
+    key = key_from_args(args, "verify")
     if not args.dir.is_dir():
         print(f"verify: {args.dir} is not a directory", file=sys.stderr)
         return 2
