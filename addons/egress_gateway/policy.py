@@ -8,6 +8,7 @@ fall back to: unknown keys are errors, and a broken file is never half-applied.
 from __future__ import annotations
 
 import ipaddress
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -88,8 +89,9 @@ class AllowRule(_Model):
             raise ValueError("give exactly one of 'host' or 'cidr'")
         return self
 
-    @property
+    @cached_property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """The parsed block, once per rule (checked on every dial)."""
         return ipaddress.ip_network(self.cidr) if self.cidr else None
 
 
@@ -143,13 +145,16 @@ class Clients(_Model):
                 raise ValueError(f"{block!r} is not an address block like 10.8.0.0/16 ({e})") from None
         return out
 
+    @cached_property
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The parsed blocks, once per policy (checked on every client connection)."""
+        return [ipaddress.ip_network(b) for b in self.allow]
+
     def permits(self, address: str) -> bool:
         if not self.allow:
             return True
         ip = hosts.parse_ip_literal(address)
-        return ip is not None and any(
-            hosts.address_in(ip, ipaddress.ip_network(b)) for b in self.allow
-        )
+        return ip is not None and any(hosts.address_in(ip, net) for net in self.networks)
 
 
 class Policy(_Model):
