@@ -202,15 +202,7 @@ class Proc:
             pids += [int(p) for p in out]
         except OSError:
             pass
-        total = 0
-        for pid in pids:
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        total += int(line.split()[1])
-            except OSError:
-                continue
-        return total / 1024
+        return sum(_status_kb(pid, "VmHWM") or 0 for pid in pids) / 1024
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -530,14 +522,20 @@ def run_load(args) -> dict:
     }
 
 
-def _rss_mb(pid: int) -> float:
+def _status_kb(pid: int, field: str) -> int | None:
+    """A kB figure from /proc/PID/status (VmRSS, VmHWM); None if the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     except OSError:
         pass
-    return float("nan")
+    return None
+
+
+def _rss_mb(pid: int) -> float:
+    kb = _status_kb(pid, "VmRSS")
+    return kb / 1024 if kb is not None else float("nan")
 
 
 def print_load(r: dict) -> None:
