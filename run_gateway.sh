@@ -121,7 +121,12 @@ print(argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1).hash(
         exec "$VENV/bin/mitmweb" -s "$SCRIPT" --listen-host 127.0.0.1 -p 8080 \
             --web-host 127.0.0.1 --no-web-open-browser --set server=false "${pw_args[@]}" "$@"
         ;;
-    check-policy|eval|bench|verify|audit|replay|approvals|schema)
+    eval|bench)
+        shift; bootstrap
+        cd "$ROOT"
+        py "$ROOT/tools/$cmd.py" "$@"
+        ;;
+    check-policy|verify|audit|replay|approvals|schema)
         shift; bootstrap
         cd "$ROOT"
         py -m egress_gateway.cli "$cmd" "$@"

@@ -1,4 +1,4 @@
-"""A regex e-mail "detector" with the (analyze, apply) interface of egress_gateway.sse."""
+"""A regex e-mail "detector" with the (analyze, apply) interface of egress_gateway.net.sse."""
 
 from __future__ import annotations
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .approvals import Approvals
-from .core import Core
-from .credentials import CredentialGuard, CredentialInjector
-from .egress import Egress
-from .recorder import Recorder
-from .redact.addon import Redactor
-from .session import Session
+from egress_gateway.approvals.addon import Approvals
+from egress_gateway.core import Core
+from egress_gateway.credentials.addon import CredentialGuard, CredentialInjector
+from egress_gateway.egress.addon import Egress
+from egress_gateway.recording.addon import Recorder
+from egress_gateway.redact.addon import Redactor
+from egress_gateway.session import Session
 
 
 def make_addons() -> list:

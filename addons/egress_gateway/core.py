@@ -1,4 +1,4 @@
-"""The gateway's core addon: options, the policy (loaded, validated, watched) and readiness."""
+"""The core addon: options, the policy (loaded, validated, watched), the readiness gate, the audit log."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import logging
 import os
 from pathlib import Path
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
-from . import gate as gate_mod
-from . import hosts, logscrub
-from .audit import AuditLog
-from .paths import DEFAULT_POLICY, RECORDINGS
-from .policy import Policy, PolicyError, load_policy
+from egress_gateway import logscrub
+from egress_gateway.flowstate import refuse
+from egress_gateway.locations import DEFAULT_POLICY, RECORDINGS
+from egress_gateway.net import hosts
+from egress_gateway.policy import Policy, PolicyError, load_policy
+from egress_gateway.recording.audit import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Core:
         self.policy_path: Path | None = None
         self._policy_state: tuple | None = None
         self.audit: AuditLog | None = None
-        self.gate: gate_mod.Gate | None = None
+        self.gate: Gate | None = None
         self._tasks: list[asyncio.Task] = []
 
     # --- lifecycle --------------------------------------------------------------------
@@ -54,7 +55,7 @@ class Core:
             "gateway_audit_log", str, str(RECORDINGS / "audit.jsonl"),
             "Audit log: one JSON line per flow.",
         )
-        self.gate = gate_mod.install()
+        self.gate = install_gate()
         logscrub.install()
 
     def configure(self, updated: set[str]) -> None:
@@ -173,3 +174,75 @@ def exposure_problem(modes, listen_host: str, proxyauth: str | None, policy: Pol
             return (f"the gateway would listen on {shown} ({spec}) with no client restriction: "
                     "listen on 127.0.0.1, or set clients.allow in the policy, or proxyauth")
     return None
+
+
+# --- the readiness gate ---------------------------------------------------------------
+GATE_NAME = "egress_gateway_gate"
+GATE_REASON = "the egress gateway is not loaded or not ready; nothing is forwarded"
+
+
+class Gate:
+    """The readiness gate.
+
+    The readiness gate: no flow is forwarded unless a gateway is loaded, configured and ready.
+
+    mitmproxy keeps a proxy running when a script fails to (re)load, forwarding everything. The
+    gate is added to mitmproxy's addon chain directly, not through the script, so it outlives the
+    script: when the gateway is unloaded (a reload after an edit, a failed load), the gate is closed
+    and every request, tunnel and upstream dial is refused until a gateway opens it again.
+    """
+
+    name = GATE_NAME
+
+    def __init__(self) -> None:
+        self.owner: object | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.owner is not None
+
+    def open(self, owner: object) -> None:
+        self.owner = owner
+
+    def close(self, owner: object) -> None:
+        if self.owner is owner:
+            self.owner = None
+            log.warning("egress gateway unloaded: refusing all traffic until it is ready again")
+
+    def _refuse(self, flow: http.HTTPFlow) -> None:
+        if not self.ready and not flow.response:
+            refuse(flow, "gateway_unavailable", GATE_REASON)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._refuse(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._refuse(flow)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self._refuse(flow)
+
+    def server_connect(self, data) -> None:
+        if not self.ready and not data.server.error:
+            data.server.error = GATE_REASON
+
+    def tcp_start(self, flow) -> None:
+        if not self.ready:
+            flow.kill()
+
+    def udp_start(self, flow) -> None:
+        if not self.ready:
+            flow.kill()
+
+    def websocket_start(self, flow) -> None:
+        if not self.ready:
+            flow.kill()
+
+
+def install_gate() -> Gate:
+    """The gate of this mitmproxy instance, added to the addon chain once."""
+    gate = ctx.master.addons.get(GATE_NAME)
+    if gate is None:
+        gate = Gate()
+        ctx.master.addons.add(gate)
+    return gate

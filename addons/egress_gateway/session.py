@@ -21,7 +21,7 @@ import re
 
 from mitmproxy import http
 
-from .refusal import refuse
+from egress_gateway.flowstate import refuse
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import concurrent.futures
 
 import pytest
 from approvals_web import PIN, REVIEW
-from egress_gateway.approvals_cli import WebClient
+from egress_gateway.cli.approvals import WebClient
 from gwharness import RUN, Gateway, Upstream, free_port, policy_yaml
 
 

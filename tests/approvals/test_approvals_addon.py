@@ -7,9 +7,9 @@ import json
 
 import pytest
 import yaml
-from egress_gateway.approvals import Approvals, install_option_guard
+from egress_gateway.approvals.addon import Approvals, install_option_guard
 from egress_gateway.core import Core
-from egress_gateway.egress import Egress
+from egress_gateway.egress.addon import Egress
 from egress_gateway.policy import parse_policy
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
@@ -404,7 +404,7 @@ def test_bundle_order():
 
 
 def test_approve_always_memory_is_bounded(monkeypatch):
-    from egress_gateway import approvals as mod
+    from egress_gateway.approvals import addon as mod
 
     monkeypatch.setattr(mod, "MAX_ALWAYS", 1)
 

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 from approvals_web import CARD, PIN, REVIEW, assert_denied, audit_for, cli, reached, send, wait_held
-from egress_gateway.approvals_cli import ApiError, WebClient
+from egress_gateway.cli.approvals import ApiError, WebClient
 from gwharness import RUN, Gateway, free_port, policy_yaml
 
 

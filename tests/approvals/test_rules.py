@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from egress_gateway.approvals import ApproveRule, normalize_path, protected
+from egress_gateway.approvals.addon import ApproveRule, normalize_path, protected
 from egress_gateway.policy import PolicyError, parse_policy
 
 BASE = {"version": 1, "egress": {"allow": [{"host": "api.example.com"}]}}

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
-from egress_gateway import credentials as cred
-from egress_gateway.credentials import CredentialGuard, CredentialInjector
+from egress_gateway.credentials import addon as cred
+from egress_gateway.credentials.addon import CredentialGuard, CredentialInjector
 from egress_gateway.policy import parse_policy
 from mitmproxy import http
 from mitmproxy.proxy.layers import http as layers_http

@@ -7,7 +7,7 @@ import gzip
 import zlib
 
 import pytest
-from egress_gateway import credentials as cred
+from egress_gateway.credentials import addon as cred
 from egress_gateway.policy import PolicyError, parse_policy
 from mitmproxy.test import tflow
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from egress_gateway import verify as verify_mod
+from egress_gateway.recording import verify as verify_mod
 from gwharness import REPO, RUN, Gateway, Upstream, free_port, policy_yaml
 from mitmproxy import io as mio
 

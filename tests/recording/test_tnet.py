@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 import pytest
-from egress_gateway import tnet
+from egress_gateway.recording import tnet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy.io import tnetstring

@@ -6,7 +6,9 @@ import base64
 import json
 
 import pytest
-from egress_gateway import audit, recorder, session, verify
+from egress_gateway import session
+from egress_gateway.recording import addon as recorder
+from egress_gateway.recording import audit, verify
 from mitmproxy import io as mio
 from mitmproxy.test import tflow
 

@@ -6,9 +6,10 @@ import gzip
 import json
 
 import pytest
-from egress_gateway.redact import bodies, codecs
+from egress_gateway.net import codecs
+from egress_gateway.redact import bodies
 from egress_gateway.redact.bodies import Options, Unsupported, content_kind
-from egress_gateway.redact.paths import Scope
+from egress_gateway.redact.jsonpath import Scope
 from egress_gateway.redact.walker import TextJob
 from redact_fakes import FakeEngine, fake_redact_many
 

@@ -11,9 +11,9 @@ import json
 import sys
 
 import pytest
-from egress_gateway.paths import DEFAULT_POLICY
+from egress_gateway.locations import DEFAULT_POLICY
 from egress_gateway.policy import load_policy
-from egress_gateway.redact.paths import EVERYTHING
+from egress_gateway.redact.jsonpath import EVERYTHING
 from egress_gateway.redact.walker import TextJob
 from gwharness import REPO
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from egress_gateway.paths import DEFAULT_POLICY
+from egress_gateway.locations import DEFAULT_POLICY
 from egress_gateway.policy import PolicyError, load_policy, parse_policy
 
 BASE = "version: 1\negress:\n  allow:\n    - host: api.anthropic.com\n"

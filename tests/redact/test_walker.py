@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from egress_gateway.redact.paths import Scope
+from egress_gateway.redact.jsonpath import Scope
 from egress_gateway.redact.walker import JsonError, TextJob, string_spans
 from redact_fakes import FakeEngine, fake_redact_many
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from egress_gateway.sse import SSEParser, StreamRedactor
+from egress_gateway.net.sse import SSEParser, StreamRedactor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sse_fakes import analyze, apply

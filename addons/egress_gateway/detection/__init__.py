@@ -17,15 +17,27 @@ import os
 
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
-from .engine import DetectionEngine, Finding, TextResult, looks_like_prose  # noqa: E402
-from .entities import (  # noqa: E402
+from egress_gateway.detection.entities import (  # noqa: E402
     ALL_ENTITIES,
     ENTITIES,
     OPTIONAL_ENTITIES,
     PII_ENTITIES,
     SECRET_ENTITIES,
 )
-from .settings import CustomRecognizer, DetectionSettings  # noqa: E402
+from egress_gateway.detection.settings import CustomRecognizer, DetectionSettings  # noqa: E402
+
+# The engine (Presidio + spaCy, ~2 s to import) loads on first use only: the policy model and
+# `check-policy` import the settings above without paying for NER.
+_ENGINE_NAMES = ("DetectionEngine", "Finding", "TextResult", "looks_like_prose")
+
+
+def __getattr__(name: str):
+    if name in _ENGINE_NAMES:
+        from egress_gateway.detection import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALL_ENTITIES",

@@ -36,7 +36,7 @@ from detect_secrets.plugins.high_entropy_strings import (
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 
-from .recognizers import (
+from egress_gateway.detection.recognizers import (
     TEMPLATE_RE,
     PasswordAssignmentRecognizer,
     is_placeholder,

@@ -50,16 +50,16 @@ from presidio_analyzer.nlp_engine import (  # noqa: E402
 from presidio_anonymizer import AnonymizerEngine  # noqa: E402
 from spacy.tokens import Span  # noqa: E402
 
-from . import operators as ops  # noqa: E402
-from .detect_secrets_backend import DetectSecretsRecognizer  # noqa: E402
-from .entities import (  # noqa: E402
+from egress_gateway.detection import operators as ops  # noqa: E402
+from egress_gateway.detection.detect_secrets_backend import DetectSecretsRecognizer  # noqa: E402
+from egress_gateway.detection.entities import (  # noqa: E402
     NER_ENTITIES,
     PRIORITY,
     SECRET_ENTITIES,
     SPACY_IGNORED_LABELS,
     SPACY_LABEL_MAP,
 )
-from .recognizers import (  # noqa: E402
+from egress_gateway.detection.recognizers import (  # noqa: E402
     DEFAULT_NER_ALLOW_LIST,
     SECRET_PATTERN_RECOGNIZERS,
     GatewaySpacyRecognizer,
@@ -69,7 +69,7 @@ from .recognizers import (  # noqa: E402
     PemPrivateKeyRecognizer,
     pii_recognizers,
 )
-from .settings import DetectionSettings, HashOperator  # noqa: E402
+from egress_gateway.detection.settings import DetectionSettings, HashOperator  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from presidio_anonymizer.entities import OperatorConfig
 
-from .settings import (
+from egress_gateway.detection.settings import (
     BlockOperator,
     DetectionSettings,
     HashOperator,

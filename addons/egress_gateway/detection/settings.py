@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .entities import ALL_ENTITIES, ENTITIES
+from egress_gateway.detection.entities import ALL_ENTITIES, ENTITIES
 
 _ENTITY_NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
 

@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 
 from mitmproxy import ctx, exceptions, http
 
-from .. import hosts
-from ..detection.engine import deadline
-from ..refusal import refuse
-from ..session import session_of
-from ..sse import StreamRedactor
-from . import bodies, codecs
-from .settings import DirectionRules, RedactSettings
-from .walker import TextJob
+from egress_gateway.detection.engine import deadline
+from egress_gateway.flowstate import refuse
+from egress_gateway.net import codecs, hosts
+from egress_gateway.net.sse import StreamRedactor
+from egress_gateway.redact import bodies
+from egress_gateway.redact.settings import DirectionRules, RedactSettings
+from egress_gateway.redact.walker import TextJob
+from egress_gateway.session import session_of
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def scan_ws_text(text: str, rules: DirectionRules, redact_many: Callable) -> Out
 
 
 def _default_engine_factory(settings):
-    from ..detection import DetectionEngine
+    from egress_gateway.detection import DetectionEngine
 
     return DetectionEngine.get(settings)
 
@@ -234,7 +234,7 @@ class Redactor:
         redact = getattr(policy, "redact", None) or RedactSettings()
         detection = getattr(policy, "detection", None)
         if detection is None:
-            from ..detection import DetectionSettings
+            from egress_gateway.detection import DetectionSettings
 
             detection = DetectionSettings()
         return redact, detection

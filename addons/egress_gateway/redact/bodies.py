@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-from . import codecs
-from .paths import EVERYTHING, Scope
-from .walker import JsonError, TextJob
+from egress_gateway.net import codecs
+from egress_gateway.redact.jsonpath import EVERYTHING, Scope
+from egress_gateway.redact.walker import JsonError, TextJob
 
 Finish = Callable[[], bytes | None]
 

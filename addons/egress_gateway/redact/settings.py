@@ -26,9 +26,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .. import hosts
-from ..detection.settings import DetectionSettings, OperatorSpec
-from .paths import Scope, parse_path
+from egress_gateway.detection.settings import DetectionSettings, OperatorSpec
+from egress_gateway.net import hosts
+from egress_gateway.redact.jsonpath import Scope, parse_path
 
 Action = Literal["pass", "block"]
 

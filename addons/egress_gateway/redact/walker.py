@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .paths import EVERYTHING, Scope, State
+from egress_gateway.redact.jsonpath import EVERYTHING, Scope, State
 
 #: JSON encoded inside JSON strings is walked up to this many levels deep.
 MAX_ENCODED_DEPTH = 4

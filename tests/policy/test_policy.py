@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-from egress_gateway import policy as policy_mod
 from egress_gateway.policy import PolicyError, load_policy, parse_policy
+from egress_gateway.policy import model as policy_mod
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "policies"
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from egress_gateway.core import Core
-from egress_gateway.egress import Egress
+from egress_gateway.egress.addon import Egress
 from egress_gateway.policy import parse_policy
 from mitmproxy.test import taddons, tflow
 

@@ -70,8 +70,9 @@ from pydantic import (
     model_validator,
 )
 
-from . import hosts, session
-from .refusal import refuse
+from egress_gateway import session
+from egress_gateway.flowstate import refuse
+from egress_gateway.net import hosts
 
 log = logging.getLogger(__name__)
 

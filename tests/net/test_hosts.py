@@ -3,7 +3,7 @@
 import ipaddress
 
 import pytest
-from egress_gateway import hosts
+from egress_gateway.net import hosts
 
 NORMALIZE = [
     ("lowercase", "API.Anthropic.COM", "api.anthropic.com"),

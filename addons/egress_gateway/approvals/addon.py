@@ -31,8 +31,9 @@ from typing import Annotated, Literal
 from mitmproxy import command, ctx, exceptions, hooks, http
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from . import hosts, session
-from .refusal import refuse
+from egress_gateway import session
+from egress_gateway.flowstate import refuse
+from egress_gateway.net import hosts
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ _METHOD = re.compile(r"^[A-Z][A-Z-]{0,31}$")
 
 def _known_entities() -> tuple[set[str], set[str]]:
     """(every entity name, the secret ones). Imported lazily: the detection package is heavy."""
-    from .detection.entities import ALL_ENTITIES, SECRET_ENTITIES
+    from egress_gateway.detection.entities import ALL_ENTITIES, SECRET_ENTITIES
 
     return set(ALL_ENTITIES), set(SECRET_ENTITIES)
 

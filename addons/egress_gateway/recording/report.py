@@ -14,8 +14,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from . import verify as verify_mod
-from .verify import add_log_arguments, key_from_args
+from egress_gateway.recording import verify as verify_mod
+from egress_gateway.recording.verify import add_log_arguments, key_from_args
 
 TEMPLATE = "report.html.j2"
 FLOW_KINDS = ("http", "websocket")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from . import hosts
-from .policy import Egress
+from egress_gateway.egress.settings import EgressSettings as Egress
+from egress_gateway.net import hosts
 
 
 @dataclass(frozen=True)

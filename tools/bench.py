@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from .paths import REPO_ROOT
+from egress_gateway.locations import REPO_ROOT
 
 HOST = "localhost"  # resolvable without DNS by plain mitmdump; pinned for the gateway
 
@@ -362,7 +362,7 @@ def run(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     up_port = _free_port()
     sse_events = 20 if q else 200
-    upstream = subprocess.Popen([sys.executable, "-m", "egress_gateway.bench", "--serve-upstream",
+    upstream = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-upstream",
                                  str(up_port), "--sse-events", str(sse_events)],
                                 cwd=REPO_ROOT, start_new_session=True)
     procs: dict[str, Proc] = {}
@@ -450,12 +450,11 @@ def run(args) -> dict:
 def run_load(args) -> dict:
     """Concurrent clients, mixed allowed / refused / PII traffic, then the audit checks."""
     import httpx
-
-    from . import verify as verify_mod
+    from egress_gateway.recording import verify as verify_mod
 
     tmp = Path(tempfile.mkdtemp(prefix="gateway-load-"))
     up_port = _free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "egress_gateway.bench", "--serve-upstream",
+    upstream = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-upstream",
                                  str(up_port)], cwd=REPO_ROOT, start_new_session=True)
     time.sleep(0.5)
     procs = start_proxies(tmp, up_port, ["redact"])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mitmproxy import http
 
-from . import session
+from egress_gateway import session
 
 log = logging.getLogger(__name__)
 

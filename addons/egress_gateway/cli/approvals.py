@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .paths import RECORDINGS
+from egress_gateway.locations import RECORDINGS
 
 PASSWORD_FILE = RECORDINGS / "web-password"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from egress_gateway.sse import HoldBack, SSEParser, StreamRedactor
+from egress_gateway.net.sse import HoldBack, SSEParser, StreamRedactor
 from sse_fakes import EMAIL, analyze, apply, redact_data
 
 PARSE = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .policy import Policy, PolicyError, load_policy
+from egress_gateway.policy import Policy, PolicyError, load_policy
 
 
 def main(argv: list[str]) -> int:

@@ -39,9 +39,10 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from . import audit, session, tnet
-from .paths import RECORDINGS
-from .refusal import refuse
+from egress_gateway import session
+from egress_gateway.flowstate import refuse
+from egress_gateway.locations import RECORDINGS
+from egress_gateway.recording import audit, tnet
 
 log = logging.getLogger(__name__)
 
@@ -550,9 +551,9 @@ class Recorder:
         path = flow.request.path.split("?", 1)[0]
         if flow.request.method == "CONNECT" or not path.startswith("/") or path == "/":
             return None
-        from .detection import DetectionEngine
-        from .redact.bodies import plan_path
-        from .redact.walker import TextJob
+        from egress_gateway.detection import DetectionEngine
+        from egress_gateway.redact.bodies import plan_path
+        from egress_gateway.redact.walker import TextJob
 
         policy = self.core.policy
         engine = DetectionEngine.get(getattr(policy, "detection", None))

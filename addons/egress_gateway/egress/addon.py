@@ -18,9 +18,10 @@ from mitmproxy import ctx, http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.layers import tls as tls_layer
 
-from . import allowlist, hosts
-from .allowlist import Decision
-from .refusal import refuse
+from egress_gateway.egress import allowlist
+from egress_gateway.egress.allowlist import Decision
+from egress_gateway.flowstate import refuse
+from egress_gateway.net import hosts
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 from egress_gateway.core import Core, exposure_problem
-from egress_gateway.egress import Egress
+from egress_gateway.egress.addon import Egress
 from egress_gateway.policy import parse_policy
 from mitmproxy.test import taddons, tflow
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from egress_gateway.redact.paths import (
+from egress_gateway.redact.jsonpath import (
     ANY_INDEX,
     ANY_KEY,
     DEEP,

@@ -8,7 +8,7 @@ import zlib
 
 import brotli
 import pytest
-from egress_gateway.redact import codecs
+from egress_gateway.net import codecs
 
 try:
     from compression import zstd  # type: ignore[import-not-found]

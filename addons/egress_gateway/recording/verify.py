@@ -19,8 +19,8 @@ from pathlib import Path
 
 from mitmproxy.io import FlowReader
 
-from . import audit
-from .recorder import DEFAULT_HMAC_ENV, parse_hmac_env
+from egress_gateway.recording import audit
+from egress_gateway.recording.addon import DEFAULT_HMAC_ENV, parse_hmac_env
 
 
 @dataclass
