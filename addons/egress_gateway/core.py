@@ -15,6 +15,7 @@ from egress_gateway.flowstate import refuse
 from egress_gateway.locations import DEFAULT_POLICY, RECORDINGS
 from egress_gateway.net import hosts
 from egress_gateway.policy import Policy, PolicyError, load_policy
+from egress_gateway.policy.compiled import Compiled, Compiler, compile_policy
 from egress_gateway.recording.audit import AuditLog
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,36 @@ class Core:
     name = "egress_gateway_core"
 
     def __init__(self) -> None:
-        self.policy: Policy | None = None
+        self.compilers: dict[str, Compiler] = {}
+        self.compiled: Compiled | None = None
         self.policy_path: Path | None = None
         self._policy_state: tuple | None = None
         self.audit: AuditLog | None = None
         self.gate: Gate | None = None
         self._tasks: list[asyncio.Task] = []
+
+    # --- the policy and its compiled state ------------------------------------------------
+    def add_compiler(self, name: str, build: Compiler) -> None:
+        """Register a feature's per-policy state builder (before the policy loads)."""
+        self.compilers[name] = build
+        if self.compiled is not None:
+            self.compiled = compile_policy(self.compiled.policy, self.compilers)
+
+    @property
+    def policy(self) -> Policy | None:
+        return self.compiled.policy if self.compiled is not None else None
+
+    @policy.setter
+    def policy(self, policy: Policy | None) -> None:
+        """Swap the policy and its compiled state together (tests assign a policy directly)."""
+        self.compiled = None if policy is None else compile_policy(policy, self.compilers)
+
+    def require_policy(self) -> Policy:
+        """The current policy; raises (an enforcing hook then refuses the flow) when none is loaded."""
+        policy = self.policy
+        if policy is None:
+            raise RuntimeError("no policy loaded")
+        return policy
 
     # --- lifecycle --------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -66,10 +91,10 @@ class Core:
         if "gateway_policy" in updated:
             path = Path(ctx.options.gateway_policy).expanduser()
             try:
-                policy = _load_checked(path)
+                self.compiled = self._load_checked(path)
             except PolicyError as e:
                 raise exceptions.OptionsError(f"invalid gateway policy:\n{e}") from None
-            self.policy, self.policy_path = policy, path
+            policy, self.policy_path = self.policy, path
             self._policy_state = _file_state(path)
             log.info(f"egress gateway: policy {path} loaded ({_summary(policy)})")
         if updated & {"gateway_policy", "listen_host", "mode", "proxyauth"} and self.policy:
@@ -126,22 +151,22 @@ class Core:
                 continue
             self._policy_state = state
             try:
-                policy = _load_checked(path)
+                compiled = self._load_checked(path)
             except PolicyError as e:
                 log.error(f"egress gateway: policy reload FAILED, keeping the last good policy:\n{e}")
                 continue
-            self.policy = policy
+            self.compiled = compiled  # one assignment: flows see the old or the new, never a mix
+            policy = compiled.policy
             log.info(f"egress gateway: policy {path} reloaded ({_summary(policy)})")
 
-
-def _load_checked(path: Path) -> Policy:
-    """Load a policy and check it against how the gateway listens; raise PolicyError."""
-    policy = load_policy(path)
-    problem = exposure_problem(ctx.options.mode, ctx.options.listen_host, ctx.options.proxyauth,
-                               policy)
-    if problem:
-        raise PolicyError([f"{path}: clients.allow: {problem}"])
-    return policy
+    def _load_checked(self, path: Path) -> Compiled:
+        """Load and compile a policy, checked against how the gateway listens; raise PolicyError."""
+        policy = load_policy(path)
+        problem = exposure_problem(ctx.options.mode, ctx.options.listen_host, ctx.options.proxyauth,
+                                   policy)
+        if problem:
+            raise PolicyError([f"{path}: clients.allow: {problem}"])
+        return compile_policy(policy, self.compilers, str(path))
 
 
 def _summary(policy: Policy | None) -> str:
