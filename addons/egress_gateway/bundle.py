@@ -18,12 +18,12 @@ def make_addons() -> list:
     egress = Egress(core)
     # Approvals after redaction (it matches on redaction's counts and the reviewer sees redacted
     # bodies) and before credentials are injected (the reviewer sees placeholders).
-    approvals = Approvals(core, egress)
+    redactor = Redactor(core)
+    approvals = Approvals(core, egress, redactor)
     # Credentials: the guard before egress (its hooks are synchronous: leaks are refused and
     # real values scrubbed from the flow before any hook awaits and mitmweb can read the flow;
     # echoed secrets are scrubbed before any other response hook); the injector after approvals
     # and redaction, before the recorder (it marks the final request for injection on the wire).
-    addons = [core, Session(), CredentialGuard(core), egress, Redactor(core), approvals,
+    addons = [core, Session(), CredentialGuard(core), egress, redactor, approvals,
               CredentialInjector(core), Recorder(core)]
-    approvals.peers = addons
     return addons

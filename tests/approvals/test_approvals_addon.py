@@ -7,7 +7,8 @@ import json
 
 import pytest
 import yaml
-from egress_gateway.approvals.addon import Approvals, install_option_guard
+from egress_gateway.approvals.addon import Approvals
+from egress_gateway.approvals.webguard import install_option_guard
 from egress_gateway.core import Core
 from egress_gateway.egress.addon import Egress
 from egress_gateway.policy import parse_policy
@@ -32,7 +33,7 @@ def make(*rules, attended=True):
     core = Core()
     core.policy = make_policy(*(rules or (ADMIN,)))
     egress = Egress(core)
-    return core, egress, Approvals(core, egress, attended=attended)
+    return core, egress, Approvals(core, egress, None, attended=attended)
 
 
 def flow(method="POST", path="/admin/users", host=HOST, body=b'{"a": 1}', peer="127.0.0.1"):
@@ -281,12 +282,10 @@ def test_edited_request_is_checked_again_by_egress():
 
 
 class NoRescan:
-    __module__ = "egress_gateway.redact.addon"
+    """A redactor that cannot scan a request again."""
 
 
 class WithRescan:
-    __module__ = "egress_gateway.redact.addon"
-
     def __init__(self):
         self.seen = []
 
@@ -300,7 +299,7 @@ def test_edited_body_is_rescanned_or_refused(peer, denied):
     async def go():
         _, _, appr = make()
         red = peer() if peer else None
-        appr.peers = [red] if red else []
+        appr.redactor = red
         f = flow()
 
         def edit_and_resume():
@@ -320,7 +319,7 @@ def test_edited_body_is_rescanned_or_refused(peer, denied):
 def test_unedited_request_is_not_rescanned():
     async def go():
         _, _, appr = make()
-        appr.peers = [NoRescan()]
+        appr.redactor = NoRescan()
         f = flow()
         with taddons.context():
             await hold_then(appr, f, f.resume)
@@ -335,7 +334,7 @@ def test_internal_error_fails_closed():
             raise RuntimeError("boom")
 
     async def go():
-        appr = Approvals(Broken(), None, attended=True)
+        appr = Approvals(Broken(), None, None, attended=True)
         f = flow()
         with taddons.context():
             await appr.request(f)
@@ -399,17 +398,15 @@ def test_bundle_order():
     for after in ("Credentials", "CredentialInjector", "Recorder", "Audit"):
         if after in names:
             assert names.index(after) > i, names
-    assert addons[i].peers is addons
+    assert addons[i].redactor is addons[names.index("Redactor")]  # an explicit reference
+    assert not hasattr(addons[i], "peers")
 
 
 
-def test_approve_always_memory_is_bounded(monkeypatch):
-    from egress_gateway.approvals import addon as mod
-
-    monkeypatch.setattr(mod, "MAX_ALWAYS", 1)
-
+def test_approve_always_memory_is_bounded():
     async def go():
         _, _, appr = make()
+        appr.always.limit = 1
         a, b = flow(peer="127.0.0.3"), flow(peer="127.0.0.4")
         with taddons.context():
             await hold_then(appr, a, lambda: appr.approve_always(a.id))

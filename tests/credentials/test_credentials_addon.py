@@ -6,7 +6,8 @@ import json
 
 import pytest
 import yaml
-from egress_gateway.credentials import addon as cred
+from egress_gateway.core import Core
+from egress_gateway.credentials import scrub, wire
 from egress_gateway.credentials.addon import CredentialGuard, CredentialInjector
 from egress_gateway.policy import parse_policy
 from mitmproxy import http
@@ -25,10 +26,11 @@ class FakeAudit:
         self.lines.append(rec)
 
 
-class FakeCore:
-    def __init__(self, policy):
-        self.policy = policy
-        self.audit = FakeAudit()
+def make_core(policy) -> Core:
+    core = Core()
+    core.policy = policy
+    core.audit = FakeAudit()
+    return core
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def core(monkeypatch):
     doc = {"version": 1, "egress": {"allow": [{"host": "api.example.com"}, {"host": "evil.com"}]},
            "credentials": [{"name": "api", "host": "api.example.com", "header": "x-api-key",
                             "env": "CRED_ADDON_KEY", "placeholder": PH}]}
-    return FakeCore(parse_policy(yaml.safe_dump(doc)))
+    return make_core(parse_policy(yaml.safe_dump(doc)))
 
 
 def flow_to(host="api.example.com", headers=None, body=b"", scheme="https"):
@@ -133,11 +135,11 @@ def test_injector_marks_and_the_flow_keeps_the_placeholder(core):
         assert f.response is None
         assert f.request.headers["X-Api-Key"] == PH
         assert f.metadata["gateway"]["credential"] == {"name": "api", "injected": False}
-        wire = cred.materialise(f.request, Server())
-    assert wire is not f.request and wire.headers["X-Api-Key"] == REAL
+        sent = wire.materialise(f.request, Server())
+    assert sent is not f.request and sent.headers["X-Api-Key"] == REAL
     assert f.request.headers["X-Api-Key"] == PH
     assert f.metadata["gateway"]["credential"] == {"name": "api", "injected": True}
-    assert cred.materialise(f.request, Server()) is None  # one request, one injection
+    assert wire.materialise(f.request, Server()) is None  # one request, one injection
 
 
 def test_injector_does_not_add_a_header_the_agent_did_not_send(core):
@@ -146,7 +148,7 @@ def test_injector_does_not_add_a_header_the_agent_did_not_send(core):
     with taddons.context(inj):
         inj.request(f)
         assert "credential" not in f.metadata.get("gateway", {})
-        assert cred.materialise(f.request, Server()) is None
+        assert wire.materialise(f.request, Server()) is None
 
 
 @pytest.mark.parametrize("change,server", [
@@ -165,7 +167,7 @@ def test_materialise_refuses_when_anything_changed(core, change, server):
             f.request.host = "evil.com"
         if change == "proxy-debug":
             tctx.options.proxy_debug = True
-        assert cred.materialise(f.request, server) is None
+        assert wire.materialise(f.request, server) is None
     assert f.metadata["gateway"]["credential"]["injected"] is False
 
 
@@ -180,7 +182,7 @@ def test_injector_refuses_plain_http_and_proxy_debug(core):
         g = flow_to(headers={"X-Api-Key": PH})
         inj.request(g)
         assert g.response.headers["X-Egress-Gateway"] == "internal_error"
-        assert cred.materialise(g.request, Server()) is None
+        assert wire.materialise(g.request, Server()) is None
 
 
 def test_injector_wraps_response_streams_of_injected_flows(core):
@@ -188,12 +190,12 @@ def test_injector_wraps_response_streams_of_injected_flows(core):
     f = flow_to(headers={"X-Api-Key": PH})
     with taddons.context(inj):
         inj.request(f)
-        cred.materialise(f.request, Server())
+        wire.materialise(f.request, Server())
         f.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
         f.response.stream = True
         inj.responseheaders(f)
         stream = f.response.stream
-        assert isinstance(stream, cred.ScrubStream)
+        assert isinstance(stream, scrub.ScrubStream)
         out = stream(f"data: {REAL[:5]}".encode()) + stream(f"{REAL[5:]}\n\n".encode()) + stream(b"")
     assert b"".join(out) == f"data: {PH}\n\n".encode()
     assert f.metadata["gateway"]["credential_echo"] == {"stream": 1}
@@ -213,8 +215,8 @@ class FakeChild:
 
 
 def test_wire_wrapper_swaps_only_marked_request_heads(core):
-    cred.install_wire_injection()
-    cred.install_wire_injection()  # idempotent
+    wire.install_wire_injection()
+    wire.install_wire_injection()  # idempotent
     wrapped = layers_http.HttpLayer.event_to_child
     assert wrapped._egress_gateway_credentials is True
     inj = CredentialInjector(core)
@@ -236,7 +238,7 @@ def test_wire_wrapper_swaps_only_marked_request_heads(core):
 
 
 def test_wire_wrapper_leaves_stream_bound_events_alone(core):
-    cred.install_wire_injection()
+    wire.install_wire_injection()
     inj = CredentialInjector(core)
     f = flow_to(headers={"X-Api-Key": PH})
     stream_child = layers_http.HttpStream.__new__(layers_http.HttpStream)
@@ -247,7 +249,7 @@ def test_wire_wrapper_leaves_stream_bound_events_alone(core):
         ev = layers_http.RequestHeaders(1, f.request, end_stream=True)
         list(layers_http.HttpLayer.event_to_child(None, stream_child, ev))
         assert seen == [ev]  # a request arriving from the client is not touched
-        assert cred.materialise(f.request, Server()) is not None  # still marked
+        assert wire.materialise(f.request, Server()) is not None  # still marked
 
 
 @pytest.mark.parametrize("host,content,dropped", [

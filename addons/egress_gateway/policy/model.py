@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from egress_gateway.approvals.addon import ApproveRules
-from egress_gateway.credentials.addon import Credentials
+from egress_gateway.approvals.settings import ApproveRules
+from egress_gateway.credentials.settings import Credentials
 from egress_gateway.detection.settings import DetectionSettings
 from egress_gateway.egress.settings import EgressSettings
 from egress_gateway.net import hosts

@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from egress_gateway.detection.settings import DetectionSettings, OperatorSpec
-from egress_gateway.net import hosts
+from egress_gateway.net import hosts, urlpath
 from egress_gateway.redact.jsonpath import Scope, parse_path
 
 Action = Literal["pass", "block"]
@@ -135,17 +135,12 @@ class RedactRule(_Model):
     @field_validator("paths")
     @classmethod
     def _prefixes(cls, v: list[str]) -> list[str]:
-        for p in v:
-            if not p.startswith("/"):
-                raise ValueError(f"path prefix {p!r} must start with '/'")
-        return v
+        return [urlpath.validate_prefix(p) for p in v]
 
     def matches(self, host: str, path: str) -> bool:
         if not any(hosts.host_matches(h, host) for h in self.hosts):
             return False
-        p = path.split("?", 1)[0]
-        return not self.paths or any(p == x or p.startswith(x.rstrip("/") + "/") or
-                                     (x.endswith("/") and p.startswith(x)) for x in self.paths)
+        return not self.paths or urlpath.under_any_prefix(self.paths, path)
 
 
 class RedactSettings(_Model):

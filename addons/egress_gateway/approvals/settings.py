@@ -1,0 +1,164 @@
+"""The policy's ``approve`` section: rules naming the requests a human must approve."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+
+from egress_gateway.net import hosts, urlpath
+from egress_gateway.policy.validators import unique_names
+
+DEFAULT_TIMEOUT = 60.0
+MAX_TIMEOUT = 3600.0
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_METHOD = re.compile(r"^[A-Z][A-Z-]{0,31}$")
+
+
+def _known_entities() -> tuple[set[str], set[str]]:
+    """(every entity name, the secret ones). Imported lazily: the detection package is heavy."""
+    from egress_gateway.detection.entities import ALL_ENTITIES, SECRET_ENTITIES
+
+    return set(ALL_ENTITIES), set(SECRET_ENTITIES)
+
+
+def _globs(v: str | list[str] | None) -> list[str] | None:
+    if v is None:
+        return None
+    items = [v] if isinstance(v, str) else list(v)
+    if not items:
+        raise ValueError("give at least one host glob")
+    return [hosts.validate_host_glob(str(h)) for h in items]
+
+
+class ApproveRule(_Model):
+    """Hold matching requests for a human. Every matcher given must match; 'entities' and
+    'any_secret' match when any of them was detected in the request."""
+
+    name: str = Field(description="Rule name (letters, digits, '_', '.', '-'); unique.")
+    reason: str = Field(min_length=1, description="Why a human must confirm; shown to the reviewer "
+                        "and in refusals.")
+    host: str | list[str] | None = Field(
+        None, description="Destination host glob(s) (exact or '*.domain'): the rule applies only "
+        "to these hosts.")
+    host_not: str | list[str] | None = Field(
+        None, description="Host glob(s) the rule does NOT apply to ('outside *.internal.example.com'). "
+        "IP-literal destinations are always outside.")
+    methods: list[str] | None = Field(
+        None, min_length=1, description="HTTP methods, e.g. [POST, PUT, DELETE]; default any.")
+    path: str | None = Field(
+        None, description="Path glob, e.g. '/admin/*' ('*' matches anything, '/' included; "
+        "'/x/*' also matches '/x'). Compared case-insensitively after %-decoding and removing "
+        "dot segments; the query is not part of the path.")
+    entities: list[str] | None = Field(
+        None, min_length=1, description="Detected entity names (see detection), e.g. [CREDIT_CARD].")
+    any_secret: bool = Field(False, description="Match when any secret entity was detected.")
+    timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT)] = Field(
+        DEFAULT_TIMEOUT, description="Seconds to wait for a reviewer (default 60).")
+    on_timeout: Literal["deny", "allow"] = Field(
+        "deny", description="What a timeout means (default deny).")
+    unattended: Literal["deny", "allow"] = Field(
+        "deny", description="The decision when no reviewer can exist (mitmdump); default deny.")
+
+    _glob: urlpath.PathGlob | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"{v!r}: a rule name is 1-64 letters, digits, '_', '.' or '-'")
+        return v
+
+    @field_validator("host", "host_not")
+    @classmethod
+    def _check_hosts(cls, v):
+        return _globs(v)
+
+    @field_validator("methods")
+    @classmethod
+    def _check_methods(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        out = []
+        for m in v:
+            u = str(m).strip().upper()
+            if not _METHOD.match(u):
+                raise ValueError(f"{m!r} is not an HTTP method")
+            out.append(u)
+        return out
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, v: str | None) -> str | None:
+        return None if v is None else urlpath.validate_path_glob(v)
+
+    @field_validator("entities")
+    @classmethod
+    def _check_entities(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        known, _ = _known_entities()
+        unknown = [e for e in v if e not in known]
+        if unknown:
+            raise ValueError(f"unknown entity names {unknown}; known: {', '.join(sorted(known))}")
+        return list(v)
+
+    @model_validator(mode="after")
+    def _some_matcher(self) -> ApproveRule:
+        if not (self.host or self.host_not or self.methods or self.path or self.entities
+                or self.any_secret):
+            raise ValueError(f"rule {self.name!r} matches every request; give at least one of "
+                             "host, host_not, methods, path, entities, any_secret")
+        if self.path is not None:
+            self._glob = urlpath.PathGlob(self.path)
+        return self
+
+    # --- matching -----------------------------------------------------------------------------
+    def matches_target(self, method: str, host: str | None, path: str) -> bool:
+        """Method, host and path (what is known from the headers)."""
+        if self.methods and method.upper() not in self.methods:
+            return False
+        if self.host and (host is None or not any(hosts.host_matches(g, host) for g in self.host)):
+            return False
+        if self.host_not and host is not None and any(hosts.host_matches(g, host) for g in self.host_not):
+            return False
+        # held when either spelling of the path matches: a rule cannot be dodged by '/x/../admin'
+        return self._glob is None or self._glob.matches_either(path)
+
+    def detected(self, counts: dict[str, int]) -> bool | None:
+        """Whether the detection matchers fire (None: the rule has none)."""
+        if not self.entities and not self.any_secret:
+            return None
+        if self.entities and any(counts.get(e, 0) > 0 for e in self.entities):
+            return True
+        if self.any_secret:
+            _, secret = _known_entities()
+            return any(n > 0 and e in secret for e, n in counts.items())
+        return False
+
+    def matches(self, method: str, host: str | None, path: str, counts: dict[str, int]) -> bool:
+        return self.matches_target(method, host, path) and self.detected(counts) is not False
+
+    @property
+    def key(self) -> str:
+        """Identifies this rule's content: a changed rule needs a new 'approve always'."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+ApproveRules = Annotated[list[ApproveRule], AfterValidator(unique_names("approval rule"))]

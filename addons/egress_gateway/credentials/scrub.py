@@ -1,0 +1,69 @@
+"""Response scrubbing: a real credential value echoed by an upstream is replaced by its placeholder."""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import quote
+
+from egress_gateway.credentials.settings import CredentialBinding
+
+
+def replacements(bindings: list[CredentialBinding]) -> list[tuple[bytes, bytes]]:
+    """(real form, placeholder) pairs to scrub from responses, longest first."""
+    out: dict[bytes, bytes] = {}
+    for b in bindings:
+        value, ph = b.secret.reveal(), b.placeholder
+        out[value.encode()] = ph.encode()
+        out[quote(value, safe="").encode()] = quote(ph, safe="").encode()
+        if b.format == "basic":
+            out[base64.b64encode(value.encode())] = base64.b64encode(ph.encode())
+    return sorted(out.items(), key=lambda kv: len(kv[0]), reverse=True)
+
+
+def scrub(data: bytes, pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, int]:
+    """`data` with every real form replaced by its placeholder form, and how many were."""
+    n = 0
+    for real, ph in pairs:
+        if real in data:
+            n += data.count(real)
+            data = data.replace(real, ph)
+    return data, n
+
+
+class ScrubStream:
+    """Wraps a response's ``stream`` (True or a callable) and scrubs real values from it.
+
+    Holds back only a tail that could begin a real value (usually nothing), and returns a list
+    of chunks (possibly empty) rather than ``b""``, which would end a chunked response early.
+    """
+
+    def __init__(self, inner, pairs: list[tuple[bytes, bytes]], on_hit=None) -> None:
+        self.inner = inner
+        self.pairs = pairs
+        self.buf = b""
+        self.on_hit = on_hit
+
+    def _held(self, data: bytes) -> int:
+        longest = 0
+        for real, _ in self.pairs:
+            for k in range(min(len(real) - 1, len(data)), longest, -1):
+                if data.endswith(real[:k]):
+                    longest = k
+                    break
+        return longest
+
+    def __call__(self, chunk: bytes):
+        out = self.inner(chunk) if callable(self.inner) else chunk
+        parts = [out] if isinstance(out, bytes) else list(out)
+        data, n = scrub(self.buf + b"".join(parts), self.pairs)
+        if n and self.on_hit:
+            try:
+                self.on_hit(n)
+            except Exception:  # a note must never break the stream
+                pass
+        if not chunk:  # end of the stream: flush everything
+            self.buf = b""
+            return [data] if data else []
+        hold = self._held(data)
+        emit, self.buf = (data[:-hold], data[-hold:]) if hold else (data, b"")
+        return [emit] if emit else []
