@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from egress_gateway.net import hosts, urlpath
-from egress_gateway.policy.validators import unique_names
+from egress_gateway.policy import validators
 
 DEFAULT_TIMEOUT = 60.0
 MAX_TIMEOUT = 3600.0
@@ -25,10 +16,6 @@ MAX_TIMEOUT = 3600.0
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_METHOD = re.compile(r"^[A-Z][A-Z-]{0,31}$")
 
 
 def _known_entities() -> tuple[set[str], set[str]]:
@@ -60,9 +47,9 @@ class ApproveRule(_Model):
     host_not: str | list[str] | None = Field(
         None, description="Host glob(s) the rule does NOT apply to ('outside *.internal.example.com'). "
         "IP-literal destinations are always outside.")
-    methods: list[str] | None = Field(
+    methods: validators.Methods = Field(
         None, min_length=1, description="HTTP methods, e.g. [POST, PUT, DELETE]; default any.")
-    path: str | None = Field(
+    path: validators.PathGlobText = Field(
         None, description="Path glob, e.g. '/admin/*' ('*' matches anything, '/' included; "
         "'/x/*' also matches '/x'). Compared case-insensitively after %-decoding and removing "
         "dot segments; the query is not part of the path.")
@@ -81,32 +68,12 @@ class ApproveRule(_Model):
     @field_validator("name")
     @classmethod
     def _check_name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError(f"{v!r}: a rule name is 1-64 letters, digits, '_', '.' or '-'")
-        return v
+        return validators.entry_name(v, "rule")
 
     @field_validator("host", "host_not")
     @classmethod
     def _check_hosts(cls, v):
         return _globs(v)
-
-    @field_validator("methods")
-    @classmethod
-    def _check_methods(cls, v: list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
-        out = []
-        for m in v:
-            u = str(m).strip().upper()
-            if not _METHOD.match(u):
-                raise ValueError(f"{m!r} is not an HTTP method")
-            out.append(u)
-        return out
-
-    @field_validator("path")
-    @classmethod
-    def _check_path(cls, v: str | None) -> str | None:
-        return None if v is None else urlpath.validate_path_glob(v)
 
     @field_validator("entities")
     @classmethod
@@ -161,4 +128,4 @@ class ApproveRule(_Model):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
-ApproveRules = Annotated[list[ApproveRule], AfterValidator(unique_names("approval rule"))]
+ApproveRules = validators.named_list(ApproveRule, "approval rule")

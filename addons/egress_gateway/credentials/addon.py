@@ -102,9 +102,10 @@ class _Base:
         except Exception:
             log.exception("credentials: could not audit a credential leak")
 
-    def _scrub_headers(self, flow: http.HTTPFlow, pairs) -> int:
+    @staticmethod
+    def _scrub_headers(headers: http.Headers, pairs) -> int:
+        """Replace real values in header values by their placeholders; how many were."""
         n = 0
-        headers = flow.response.headers
         fields = []
         for name, value in headers.fields:
             new, k = scrub(value, pairs)
@@ -143,14 +144,7 @@ class CredentialGuard(_Base):
         if not pairs:
             return
         req = flow.request
-        n = 0
-        fields = []
-        for name, value in req.headers.fields:
-            new, k = scrub(value, pairs)
-            n += k
-            fields.append((name, new))
-        if n:
-            req.headers.fields = tuple(fields)
+        n = self._scrub_headers(req.headers, pairs)
         path, k = scrub(req.path.encode("utf-8", "surrogateescape"), pairs)
         if k:
             req.path = path.decode("utf-8", "surrogateescape")
@@ -193,7 +187,7 @@ class CredentialGuard(_Base):
         try:
             _, _, pairs = self._state()
             if pairs:
-                n = self._scrub_headers(flow, pairs)
+                n = self._scrub_headers(flow.response.headers, pairs)
                 if n:
                     self._note_scrub(flow, n, "headers")
         except Exception:
@@ -208,7 +202,7 @@ class CredentialGuard(_Base):
             _, _, pairs = self._state()
             if not pairs:
                 return
-            n = self._scrub_headers(flow, pairs)
+            n = self._scrub_headers(flow.response.headers, pairs)
             if n:
                 self._note_scrub(flow, n, "headers")
             raw = flow.response.raw_content

@@ -13,26 +13,17 @@ import base64
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from mitmproxy import http
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from egress_gateway.net import hosts, urlpath
-from egress_gateway.policy.validators import unique_names
+from egress_gateway.policy import validators
 
 MIN_SECRET_LENGTH = 8
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FORBIDDEN_HEADERS = frozenset({
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
     "trailer", "proxy-authorization", "proxy-connection", "content-encoding",
@@ -107,9 +98,9 @@ class CredentialBinding(_CredModel):
     name: str = Field(description="Unique name of the entry (letters, digits, '_', '.', '-'); "
                       "appears in logs, audit lines and refusals, never the value.")
     host: str = Field(description="Destination host: exact or '*.domain' (any depth below).")
-    methods: list[str] | None = Field(
+    methods: validators.Methods = Field(
         None, min_length=1, description="HTTP methods (default: any).")
-    path: str | None = Field(
+    path: validators.PathGlobText = Field(
         None, description="Path glob, e.g. '/v1/*' ('*' matches anything, '/' included; '/x/*' "
         "also matches '/x'; case-sensitive). Both the raw path and the path after %-decoding and "
         "removing dot segments must match (the query is not part of the path). Default: any path.")
@@ -135,31 +126,12 @@ class CredentialBinding(_CredModel):
     @field_validator("name")
     @classmethod
     def _v_name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError(f"{v!r}: use letters, digits, '_', '.', '-' (at most 64)")
-        return v
+        return validators.entry_name(v, "credential")
 
     @field_validator("host")
     @classmethod
     def _v_host(cls, v: str) -> str:
         return hosts.validate_host_glob(v)
-
-    @field_validator("methods")
-    @classmethod
-    def _v_methods(cls, v: list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
-        out = []
-        for m in v:
-            if not _TOKEN.match(m):
-                raise ValueError(f"{m!r} is not an HTTP method")
-            out.append(m.upper())
-        return out
-
-    @field_validator("path")
-    @classmethod
-    def _v_path(cls, v: str | None) -> str | None:
-        return None if v is None else urlpath.validate_path_glob(v)
 
     @field_validator("header")
     @classmethod
@@ -256,7 +228,7 @@ class CredentialBinding(_CredModel):
             request.query[self.query] = self.presented()
 
 
-Credentials = Annotated[list[CredentialBinding], AfterValidator(unique_names("credential"))]
+Credentials = validators.named_list(CredentialBinding, "credential")
 
 
 def bindings_of(policy) -> list[CredentialBinding]:
