@@ -1,11 +1,10 @@
-"""Unit tests: approve rules - validation (clear errors) and matching."""
+"""The approve policy section: validation (clear errors) and matching."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 from egress_gateway.approvals.settings import ApproveRule
-from egress_gateway.approvals.webguard import protected
 from egress_gateway.policy import PolicyError, parse_policy
 
 BASE = {"version": 1, "egress": {"allow": [{"host": "api.example.com"}]}}
@@ -126,12 +125,3 @@ def test_entities_without_any_secret():
 
 def test_rule_key_changes_with_content():
     assert _rule(path="/a").key == _rule(path="/a").key != _rule(path="/b").key
-
-
-@pytest.mark.parametrize("name,is_protected", [
-    ("scripts", True), ("ignore_hosts", True), ("allow_hosts", True), ("connection_strategy", True),
-    ("gateway_policy", True), ("gateway_anything_new", True), ("web_password", True),
-    ("listen_host", True), ("intercept", False), ("web_columns", False), ("server", False),
-], ids=lambda v: str(v))
-def test_protected_options(name, is_protected):
-    assert protected(name) is is_protected
