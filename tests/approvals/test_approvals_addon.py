@@ -281,21 +281,24 @@ def test_edited_request_is_checked_again_by_egress():
     run(go())
 
 
-class NoRescan:
-    """A redactor that cannot scan a request again."""
+class FailingRescan:
+    """A redactor that fails while scanning the edited request again."""
+
+    async def rescan_request(self, f):
+        raise RuntimeError("scanner down")
 
 
 class WithRescan:
     def __init__(self):
         self.seen = []
 
-    async def request(self, f):
+    async def rescan_request(self, f):
         self.seen.append(f.request.content)
 
 
-@pytest.mark.parametrize("peer,denied", [(NoRescan, True), (WithRescan, False), (None, False)],
-                         ids=["redaction-cannot-rescan", "redaction-rescans", "no-redaction"])
-def test_edited_body_is_rescanned_or_refused(peer, denied):
+@pytest.mark.parametrize("peer,refused", [(FailingRescan, True), (WithRescan, False), (None, False)],
+                         ids=["rescan-fails-closed", "redaction-rescans", "no-redaction"])
+def test_edited_body_is_rescanned_or_refused(peer, refused):
     async def go():
         _, _, appr = make()
         red = peer() if peer else None
@@ -307,8 +310,9 @@ def test_edited_body_is_rescanned_or_refused(peer, denied):
             f.resume()
         with taddons.context():
             await hold_then(appr, f, edit_and_resume)
-        if denied:
-            assert "cannot be re-scanned" in refusal(f)["reason"]
+        if refused:
+            assert f.response.status_code == 500
+            assert f.response.headers["X-Egress-Gateway"] == "internal_error"
         else:
             assert f.response is None
         if isinstance(red, WithRescan):
@@ -319,7 +323,7 @@ def test_edited_body_is_rescanned_or_refused(peer, denied):
 def test_unedited_request_is_not_rescanned():
     async def go():
         _, _, appr = make()
-        appr.redactor = NoRescan()
+        appr.redactor = FailingRescan()
         f = flow()
         with taddons.context():
             await hold_then(appr, f, f.resume)

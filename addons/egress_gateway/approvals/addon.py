@@ -16,7 +16,6 @@ is guarded (`webguard`).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -185,17 +184,8 @@ class Approvals:
         await self.egress.request(flow)
         if flow.response:
             return
-        red = self.redactor
-        if red is None:
-            return
-        rescan = getattr(red, "rescan_request", None) or getattr(red, "request", None)
-        if rescan is None:
-            self._deny(flow, rule, "the request was edited during review and cannot be re-scanned "
-                       "for sensitive data; send it again instead of editing it")
-            return
-        result = rescan(flow)
-        if asyncio.iscoroutine(result):
-            await result
+        if self.redactor is not None:  # None: a bundle without redaction
+            await self.redactor.rescan_request(flow)
 
     # --- decisions -----------------------------------------------------------------------------
     @staticmethod
