@@ -23,3 +23,13 @@ def test_scrub_stream_wraps_inner_callable():
     pairs = scrub.replacements(policy(entry()).credentials)
     s = scrub.ScrubStream(lambda c: c.upper(), pairs)
     assert b"".join(s(b"abc") + s(b"")) == b"ABC"
+
+
+def test_scrub_headers_in_place():
+    from mitmproxy import http
+
+    pairs = scrub.replacements(policy(entry()).credentials)
+    h = http.Headers(x_echo=f"key={REAL}", other="fine")
+    assert scrub.scrub_headers(h, pairs) == 1
+    assert h["x-echo"] == f"key={PH}" and h["other"] == "fine"
+    assert scrub.scrub_headers(h, pairs) == 0

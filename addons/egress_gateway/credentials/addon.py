@@ -24,7 +24,7 @@ from mitmproxy import http
 from egress_gateway import session
 from egress_gateway.credentials import wire
 from egress_gateway.credentials.leak import BODY_LIMIT, Leak, Scanner, find_leak
-from egress_gateway.credentials.scrub import ScrubStream, replacements, scrub
+from egress_gateway.credentials.scrub import ScrubStream, replacements, scrub, scrub_headers
 from egress_gateway.credentials.settings import CredentialBinding, bindings_of
 from egress_gateway.flowstate import peek, refuse, settled, state
 from egress_gateway.net import codecs, hosts
@@ -102,19 +102,6 @@ class _Base:
         except Exception:
             log.exception("credentials: could not audit a credential leak")
 
-    @staticmethod
-    def _scrub_headers(headers: http.Headers, pairs) -> int:
-        """Replace real values in header values by their placeholders; how many were."""
-        n = 0
-        fields = []
-        for name, value in headers.fields:
-            new, k = scrub(value, pairs)
-            n += k
-            fields.append((name, new))
-        if n:
-            headers.fields = tuple(fields)
-        return n
-
     def _note_scrub(self, flow: http.HTTPFlow, n: int, where: str) -> None:
         state(flow).count("credential_echo", where, n)
         log.warning(f"credentials: a response from {hosts.normalize_host(flow.request.host)} "
@@ -144,7 +131,7 @@ class CredentialGuard(_Base):
         if not pairs:
             return
         req = flow.request
-        n = self._scrub_headers(req.headers, pairs)
+        n = scrub_headers(req.headers, pairs)
         path, k = scrub(req.path.encode("utf-8", "surrogateescape"), pairs)
         if k:
             req.path = path.decode("utf-8", "surrogateescape")
@@ -187,7 +174,7 @@ class CredentialGuard(_Base):
         try:
             _, _, pairs = self._state()
             if pairs:
-                n = self._scrub_headers(flow.response.headers, pairs)
+                n = scrub_headers(flow.response.headers, pairs)
                 if n:
                     self._note_scrub(flow, n, "headers")
         except Exception:
@@ -202,7 +189,7 @@ class CredentialGuard(_Base):
             _, _, pairs = self._state()
             if not pairs:
                 return
-            n = self._scrub_headers(flow.response.headers, pairs)
+            n = scrub_headers(flow.response.headers, pairs)
             if n:
                 self._note_scrub(flow, n, "headers")
             raw = flow.response.raw_content

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 from urllib.parse import quote
 
+from mitmproxy import http
+
 from egress_gateway.credentials.settings import CredentialBinding
 
 
@@ -28,6 +30,19 @@ def scrub(data: bytes, pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, int]:
             n += data.count(real)
             data = data.replace(real, ph)
     return data, n
+
+
+def scrub_headers(headers: http.Headers, pairs: list[tuple[bytes, bytes]]) -> int:
+    """Replace real values in header values by their placeholders (in place); how many were."""
+    n = 0
+    fields = []
+    for name, value in headers.fields:
+        new, k = scrub(value, pairs)
+        n += k
+        fields.append((name, new))
+    if n:
+        headers.fields = tuple(fields)
+    return n
 
 
 class ScrubStream:
