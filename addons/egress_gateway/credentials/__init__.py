@@ -1,0 +1,1 @@
+"""Credential injection: the agent holds placeholders, the gateway presents real secrets on the wire."""
