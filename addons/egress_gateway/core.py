@@ -11,6 +11,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
 from egress_gateway import logscrub
+from egress_gateway.connections import Connections
 from egress_gateway.flowstate import refuse
 from egress_gateway.locations import DEFAULT_POLICY, RECORDINGS
 from egress_gateway.net import hosts
@@ -40,6 +41,7 @@ class Core:
     def __init__(self) -> None:
         self.compilers: dict[str, Compiler] = {}
         self.compiled: Compiled | None = None
+        self.connections = Connections()  # what each client connection's CONNECT established
         self.policy_path: Path | None = None
         self._policy_state: tuple | None = None
         self.audit: AuditLog | None = None
@@ -126,6 +128,9 @@ class Core:
             self.gate.close(self)
         # The audit log stays open: the recorder (the last addon) still records the flows that
         # complete during shutdown, and closes it in its own done().
+
+    def client_disconnected(self, client) -> None:
+        self.connections.forget(client.id)
 
     async def _announce(self) -> None:
         """Turn the proxy server on (run_gateway.sh starts it off) and say when it listens."""
