@@ -24,6 +24,6 @@ def make_addons() -> list:
     # echoed secrets are scrubbed before any other response hook); the injector after approvals
     # and redaction, before the recorder (it marks the final request for injection on the wire).
     addons = [core, Session(), CredentialGuard(core), egress, Redactor(core), approvals,
-              CredentialInjector(core), Recorder(core)]
+              CredentialInjector(core), Recorder(core), core.closer]  # closer: audit log, last
     approvals.peers = addons
     return addons

@@ -7,8 +7,7 @@ import json
 
 import pytest
 from egress_gateway import session
-from egress_gateway.recording import addon as recorder
-from egress_gateway.recording import audit, verify
+from egress_gateway.recording import audit, files, mask, settings, verify
 from mitmproxy import io as mio
 from mitmproxy.test import tflow
 
@@ -51,23 +50,23 @@ def test_proxy_auth_user(value, expected):
 
 
 @pytest.mark.parametrize("value,expected", [
-    ("Bearer sk-ant-123", "Bearer " + recorder.MASK),
-    ("Basic dXNlcjpwdw==", "Basic " + recorder.MASK),
-    ("sk-ant-123", recorder.MASK),
-    ("session=abc; other=def", recorder.MASK),
+    ("Bearer sk-ant-123", "Bearer " + mask.MASK),
+    ("Basic dXNlcjpwdw==", "Basic " + mask.MASK),
+    ("sk-ant-123", mask.MASK),
+    ("session=abc; other=def", mask.MASK),
 ], ids=["bearer", "basic", "bare-key", "cookie"])
 def test_mask_value(value, expected):
-    assert recorder.mask_value(value) == expected
+    assert mask.mask_value(value) == expected
 
 
 @pytest.mark.parametrize("value,ok", [(0, True), (1, True), (10**9, True), (-1, False), (True, False)],
                          ids=["zero", "one", "big", "negative", "bool"])
 def test_parse_max_bytes(value, ok):
     if ok:
-        assert recorder.parse_max_bytes(value) == value
+        assert settings.parse_max_bytes(value) == value
     else:
         with pytest.raises(ValueError):
-            recorder.parse_max_bytes(value)
+            settings.parse_max_bytes(value)
 
 
 @pytest.mark.parametrize("name,env,expected", [
@@ -80,9 +79,9 @@ def test_parse_max_bytes(value, ok):
 def test_parse_hmac_env(name, env, expected):
     if expected is ValueError:
         with pytest.raises(ValueError):
-            recorder.parse_hmac_env(name, env)
+            settings.parse_hmac_env(name, env)
     else:
-        assert recorder.parse_hmac_env(name, env) == expected
+        assert settings.parse_hmac_env(name, env) == expected
 
 
 @pytest.mark.parametrize("key", [None, b"k"], ids=["sha256", "hmac"])
@@ -114,11 +113,11 @@ def _flow(forward_body=b'{"q": 1}'):
 
 def test_recorded_copy_masks_credentials_and_keeps_forwarded_body():
     f = _flow()
-    data = recorder.serialize(recorder.recorded_copy(f, forwarded=True))
+    data = mask.serialize(mask.recorded_copy(f, forwarded=True))
     for secret in (b"sk-live-SECRET", b"COOKIESECRET", b"SETCOOKIESECRET", b"do-not-record"):
         assert secret not in data
     (back,) = list(mio.FlowReader(__import__("io").BytesIO(data)).stream())
-    assert back.request.headers["Authorization"] == "Bearer " + recorder.MASK
+    assert back.request.headers["Authorization"] == "Bearer " + mask.MASK
     assert "X-Agent-Session" not in back.request.headers
     assert back.request.content == b'{"q": 1}' and back.request.path == "/v1/x?token=abc"
     note = back.metadata["gateway"]["recording"]
@@ -130,7 +129,7 @@ def test_recorded_copy_masks_credentials_and_keeps_forwarded_body():
 
 def test_recorded_copy_drops_what_was_not_forwarded():
     f = _flow(b"RAW-PII-alice@example.com")
-    data = recorder.serialize(recorder.recorded_copy(f, forwarded=False))
+    data = mask.serialize(mask.recorded_copy(f, forwarded=False))
     assert b"alice@example.com" not in data and b"token=abc" not in data
     (back,) = list(mio.FlowReader(__import__("io").BytesIO(data)).stream())
     note = back.metadata["gateway"]["recording"]
@@ -140,15 +139,15 @@ def test_recorded_copy_drops_what_was_not_forwarded():
 
 
 def test_recording_files_rotate_and_never_append_to_old_files(tmp_path):
-    files = recorder.RecordingFiles(tmp_path, max_bytes=100, fsync=False)
-    rel1, off1, rot1 = files.append("s", b"a" * 60, 0)
-    rel2, off2, rot2 = files.append("s", b"b" * 60, 0)  # would exceed 100: next part
-    rel3, off3, _ = files.append("s", b"c" * 30, 0)
+    rf = files.RecordingFiles(tmp_path, max_bytes=100, fsync=False)
+    rel1, off1, rot1 = rf.append("s", b"a" * 60, 0)
+    rel2, off2, rot2 = rf.append("s", b"b" * 60, 0)  # would exceed 100: next part
+    rel3, off3, _ = rf.append("s", b"c" * 30, 0)
     assert (rel1, off1, rot1) == ("1970-01-01/s.mitm", 0, False)
     assert (rel2, off2, rot2) == ("1970-01-01/s.1.mitm", 0, True)
     assert (rel3, off3) == ("1970-01-01/s.1.mitm", 60)
-    files.close()
-    again = recorder.RecordingFiles(tmp_path, max_bytes=0, fsync=False)  # a restart
+    rf.close()
+    again = files.RecordingFiles(tmp_path, max_bytes=0, fsync=False)  # a restart
     assert again.append("s", b"d", 0)[0] == "1970-01-01/s.2.mitm"
     again.close()
 
@@ -171,18 +170,18 @@ def test_audit_log_continues_chain_after_restart_and_torn_line(tmp_path):
 
 # --- verify on a synthetic directory: every tamper case ----------------------------------------
 def make_dir(tmp_path, n=6, key=None):
-    files = recorder.RecordingFiles(tmp_path, 0, fsync=False)
+    rf = files.RecordingFiles(tmp_path, 0, fsync=False)
     log = audit.AuditLog(tmp_path / "audit.jsonl", key=key)
     for i in range(n):
         f = tflow.tflow(resp=True)
         f.request.path = f"/p{i}"
-        data = recorder.serialize(recorder.recorded_copy(f, True))
-        rel, off, _ = files.append("s", data, 0)
+        data = mask.serialize(mask.recorded_copy(f, True))
+        rel, off, _ = rf.append("s", data, 0)
         import hashlib
         log.write({"flow": f.id, "path": f"/p{i}", "decision": "allowed", "recording": rel,
                    "offset": off, "length": len(data),
                    "flow_sha256": hashlib.sha256(data).hexdigest()})
-    files.close()
+    rf.close()
     log.close()
     return tmp_path / "audit.jsonl"
 
@@ -244,15 +243,15 @@ def test_verify_modified_recording(tmp_path):
 def test_verify_missing_recording_and_inserted_flow(tmp_path):
     make_dir(tmp_path, n=2)
     other = tmp_path / "1970-01-01" / "x.mitm"
-    other.write_bytes(recorder.serialize(tflow.tflow(resp=True)) * 2)
+    other.write_bytes(mask.serialize(tflow.tflow(resp=True)) * 2)
     res = verify.verify(tmp_path)
     assert not res.ok and "2 flows not in the audit log" in res.problems[0].message
     # a flow slipped in between two audited flows
     s_mitm = tmp_path / "1970-01-01" / "s.mitm"
     first, second = list(mio.FlowReader(open(s_mitm, "rb")).stream())
-    extra = recorder.serialize(tflow.tflow(resp=True))
-    one = recorder.serialize(first)
-    s_mitm.write_bytes(one + extra + recorder.serialize(second))
+    extra = mask.serialize(tflow.tflow(resp=True))
+    one = mask.serialize(first)
+    s_mitm.write_bytes(one + extra + mask.serialize(second))
     res = verify.verify(tmp_path)
     assert res.problems[0].line == 2  # the second flow moved: no longer at its offset
     assert "recording was modified" in res.problems[0].message
@@ -265,7 +264,7 @@ def test_verify_missing_recording_and_inserted_flow(tmp_path):
 def test_verify_unaudited_trailing_flow_is_a_warning(tmp_path):
     make_dir(tmp_path, n=2)
     with open(tmp_path / "1970-01-01" / "s.mitm", "ab") as fh:
-        fh.write(recorder.serialize(tflow.tflow(resp=True)))
+        fh.write(mask.serialize(tflow.tflow(resp=True)))
     res = verify.verify(tmp_path)
     assert res.ok and "no audit line accounts for" in res.warnings[0]
 
