@@ -256,12 +256,11 @@ def stream_record(flow, kind: str) -> dict:
 
 def dns_record(flow, host: str) -> dict:
     """The audit line for a DNS lookup the gateway refused (DNS mode), after it refused it."""
-    st = peek(flow)
     return {
         "time": timestamp(), "kind": "dns", "flow": flow.id,
         "session": str(flow.client_conn.peername[0]),
-        "host": host, "decision": "blocked", "code": st.code or "blocked",
-        "identity": st.identity or "dns", "reason": st.reason,
+        "host": host, "decision": "blocked", "code": "blocked",
+        "identity": "dns", "reason": peek(flow).reason,
     }
 
 
