@@ -23,7 +23,7 @@ def make_addons() -> list:
     # real values scrubbed from the flow before any hook awaits and mitmweb can read the flow;
     # echoed secrets are scrubbed before any other response hook); the injector after approvals
     # and redaction, before the recorder (it marks the final request for injection on the wire).
-    addons = [core, Session(core.connections), CredentialGuard(core), egress, Redactor(core), approvals,
-              CredentialInjector(core), Recorder(core)]
+    addons = [core, Session(core.connections), CredentialGuard(core), egress, Redactor(core),
+              approvals, CredentialInjector(core), Recorder(core), core.closer]  # closer: last
     approvals.peers = addons
     return addons

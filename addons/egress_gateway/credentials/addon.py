@@ -52,7 +52,6 @@ import fnmatch
 import logging
 import os
 import re
-import time
 import weakref
 import zlib
 from pathlib import Path
@@ -70,9 +69,9 @@ from pydantic import (
     model_validator,
 )
 
-from egress_gateway import session
 from egress_gateway.flowstate import refuse
 from egress_gateway.net import hosts
+from egress_gateway.recording import audit
 
 log = logging.getLogger(__name__)
 
@@ -697,16 +696,9 @@ class _Base:
 
     def _audit_alert(self, flow: http.HTTPFlow, leak: Leak) -> None:
         try:
-            self.core.audit.write({
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "kind": "alert", "alert": "credential_leak", "flow": flow.id,
-                "session": session.session_of(flow),
-                "method": flow.request.method,
-                "host": hosts.normalize_host(flow.request.host), "port": flow.request.port,
-                "path": flow.request.path.split("?", 1)[0] if leak.where != "the URL" else None,
-                "credential": leak.name, "value": leak.needle.kind, "where": leak.where,
-                "decision": "blocked", "code": "credential_leak",
-            })
+            self.core.audit.write(audit.alert_record(
+                flow, "credential_leak", show_path=leak.where != "the URL",
+                credential=leak.name, value=leak.needle.kind, where=leak.where))
         except Exception:
             log.exception("credentials: could not audit a credential leak")
 

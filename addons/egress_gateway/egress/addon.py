@@ -22,6 +22,7 @@ from egress_gateway.egress import allowlist
 from egress_gateway.egress.allowlist import Decision
 from egress_gateway.flowstate import refuse, settled, state
 from egress_gateway.net import hosts
+from egress_gateway.recording import audit
 
 log = logging.getLogger(__name__)
 
@@ -172,22 +173,17 @@ class Egress:
         try:
             from mitmproxy import dns
 
-            egress = self.core.policy.egress
+            egress = self.core.require_policy().egress
             for q in flow.request.questions:
                 name = q.name.rstrip(".")
                 if not any(allowlist.check_destination(egress, name, p).allowed
                            for p in _ports_of(egress)):
                     flow.response = flow.request.fail(dns.response_codes.REFUSED)
-                    flow.metadata.setdefault("gateway", {}).update(
-                        decision="blocked", code="blocked", identity="dns",
-                        reason=f"DNS lookup of {name} refused: not on the egress allowlist")
+                    st = state(flow)
+                    st.decision, st.code, st.identity = "blocked", "blocked", "dns"
+                    st.reason = f"DNS lookup of {name} refused: not on the egress allowlist"
                     log.info(f"egress gateway refused a DNS lookup of {name}")
-                    self.core.audit.write({
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "kind": "dns", "flow": flow.id,
-                        "session": str(flow.client_conn.peername[0]),
-                        "host": name, "decision": "blocked", "code": "blocked",
-                        "identity": "dns", "reason": flow.metadata["gateway"]["reason"]})
+                    self.core.audit.write(audit.dns_record(flow, name))
                     return
         except Exception:
             log.exception("egress gateway: internal error in dns_request; refusing the lookup")
@@ -292,21 +288,11 @@ class Egress:
 
     def _audit_dial(self, data, identity: str, d: Decision) -> None:
         try:
-            peer = data.client.peername
             tunnel = self.core.connections.get(data.client.id)
             sid = tunnel.session if tunnel else None
-            self.core.audit.write({
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "kind": "connection",
-                "session": sid or (str(peer[0]) if peer else "unknown"),
-                "transport": data.server.transport_protocol,
-                "host": d.details.get("host"),
-                "port": d.details.get("port"),
-                "decision": "blocked",
-                "code": d.code or "blocked",
-                "identity": identity,
-                "reason": d.reason,
-            })
+            self.core.audit.write(audit.connection_record(
+                data.client, data.server, session_id=sid, host=d.details.get("host"),
+                port=d.details.get("port"), code=d.code, identity=identity, reason=d.reason))
         except Exception:
             log.exception("egress gateway: could not audit a refused dial")
 
