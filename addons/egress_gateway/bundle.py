@@ -24,6 +24,6 @@ def make_addons() -> list:
     # real values scrubbed from the flow before any hook awaits and mitmweb can read the flow;
     # echoed secrets are scrubbed before any other response hook); the injector after approvals
     # and redaction, before the recorder (it marks the final request for injection on the wire).
-    addons = [core, Session(), CredentialGuard(core), egress, redactor, approvals,
-              CredentialInjector(core), Recorder(core)]
+    addons = [core, Session(core.connections), CredentialGuard(core), egress, redactor,
+              approvals, CredentialInjector(core), Recorder(core), core.closer]  # closer: last
     return addons

@@ -11,12 +11,14 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
 from egress_gateway import logscrub
+from egress_gateway.connections import Connections
 from egress_gateway.flowstate import refuse
 from egress_gateway.locations import DEFAULT_POLICY, RECORDINGS
 from egress_gateway.net import hosts
 from egress_gateway.policy import Policy, PolicyError, load_policy
 from egress_gateway.policy.compiled import Compiled, Compiler, compile_policy
-from egress_gateway.recording.audit import AuditLog
+from egress_gateway.recording import settings as recording_settings
+from egress_gateway.recording.audit import CHECKPOINT_SECONDS, AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,13 @@ class Core:
     def __init__(self) -> None:
         self.compilers: dict[str, Compiler] = {}
         self.compiled: Compiled | None = None
+        self.connections = Connections()  # what each client connection's CONNECT established
         self.policy_path: Path | None = None
         self._policy_state: tuple | None = None
         self.audit: AuditLog | None = None
         self.gate: Gate | None = None
         self._tasks: list[asyncio.Task] = []
+        self.closer = AuditCloser(self)  # the bundle's last addon: closes the audit log
 
     # --- the policy and its compiled state ------------------------------------------------
     def add_compiler(self, name: str, build: Compiler) -> None:
@@ -80,6 +84,7 @@ class Core:
             "gateway_audit_log", str, str(RECORDINGS / "audit.jsonl"),
             "Audit log: one JSON line per flow.",
         )
+        recording_settings.add_hmac_option(loader)
         self.gate = install_gate()
         logscrub.install()
 
@@ -102,13 +107,8 @@ class Core:
                                        ctx.options.proxyauth, self.policy)
             if problem:
                 raise exceptions.OptionsError(problem)
-        if "gateway_audit_log" in updated:
-            if self.audit:
-                self.audit.close()
-            try:
-                self.audit = AuditLog(Path(ctx.options.gateway_audit_log).expanduser())
-            except OSError as e:
-                raise exceptions.OptionsError(f"cannot open gateway_audit_log: {e}") from None
+        if updated & AUDIT_OPTIONS:
+            self._configure_audit(updated)
 
     def running(self) -> None:
         if self.policy is None or self.audit is None or self.gate is None:
@@ -117,6 +117,7 @@ class Core:
         self.gate.open(self)
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_policy()))
         self._tasks.append(asyncio.get_running_loop().create_task(self._announce()))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._checkpoints()))
 
     def done(self) -> None:
         for t in self._tasks:
@@ -124,8 +125,54 @@ class Core:
         self._tasks.clear()
         if self.gate:
             self.gate.close(self)
-        # The audit log stays open: the recorder (the last addon) still records the flows that
-        # complete during shutdown, and closes it in its own done().
+        # The audit log stays open: the recorder still records the flows that complete during
+        # shutdown (while the addons after this one finish); `closer`, the last addon, closes it.
+
+    # --- the audit log: opened, keyed and closed here; written through core.audit.write() ------
+    def _configure_audit(self, updated: set[str]) -> None:
+        opts = ctx.options
+        try:
+            key = recording_settings.parse_hmac_env(opts.gateway_audit_hmac_env)
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from None
+        # The recorder's option (when it is loaded): lines are synced like the recordings.
+        fsync = bool(getattr(opts, "gateway_recording_fsync", False))
+        if "gateway_audit_log" in updated or self.audit is None:
+            if self.audit:
+                self.audit.close()
+                self.audit = None
+            try:
+                self.audit = AuditLog(Path(opts.gateway_audit_log).expanduser(), key, fsync)
+            except OSError as e:
+                raise exceptions.OptionsError(f"cannot open gateway_audit_log: {e}") from None
+        else:
+            self.audit.set_key(key)
+            self.audit.fsync = fsync
+        log.info(f"egress gateway: audit chain {self.audit.alg}"
+                 + ("" if key else f" (set ${opts.gateway_audit_hmac_env} for an HMAC chain)"))
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_SECONDS)
+            self.checkpoint_audit()
+
+    def checkpoint_audit(self) -> None:
+        """Record the audit chain's head beside the log (periodically, on rotation, at close)."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.checkpoint()
+        except (OSError, ValueError):
+            log.exception("egress gateway: could not write the audit checkpoint")
+
+    def close_audit(self) -> None:
+        """Checkpoint and close the audit log (by `closer`, after every other addon's done)."""
+        if self.audit is not None:
+            self.checkpoint_audit()
+            self.audit.close()
+
+    def client_disconnected(self, client) -> None:
+        self.connections.forget(client.id)
 
     async def _announce(self) -> None:
         """Turn the proxy server on (run_gateway.sh starts it off) and say when it listens."""
@@ -167,6 +214,21 @@ class Core:
         if problem:
             raise PolicyError([f"{path}: clients.allow: {problem}"])
         return compile_policy(policy, self.compilers, str(path))
+
+
+AUDIT_OPTIONS = frozenset({"gateway_audit_log", "gateway_audit_hmac_env", "gateway_recording_fsync"})
+
+
+class AuditCloser:
+    """Closes Core's audit log in the last ``done`` of the bundle (after the recorder's)."""
+
+    name = "egress_gateway_audit_closer"
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def done(self) -> None:
+        self.core.close_audit()
 
 
 def _summary(policy: Policy | None) -> str:

@@ -21,7 +21,7 @@ import re
 
 from mitmproxy import http
 
-from egress_gateway.flowstate import refuse
+from egress_gateway.flowstate import peek, refuse, state
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def proxy_auth_user(value: str | None) -> str | None:
 
 def session_of(flow: http.HTTPFlow) -> str:
     """The session id stored on the flow, else the client's IP address (no port)."""
-    sid = flow.metadata.get("gateway", {}).get("session")
+    sid = peek(flow).session
     if sid:
         return sid
     peer = flow.client_conn.peername
@@ -85,28 +85,30 @@ class Session:
 
     name = "egress_gateway_session"
 
-    def __init__(self) -> None:
-        self.tunnels: dict[str, str] = {}  # client connection id -> session from its CONNECT
+    def __init__(self, connections) -> None:
+        self.connections = connections  # the core's per-connection state (CONNECT sessions)
 
     def _assign(self, flow: http.HTTPFlow, connect: bool) -> None:
-        meta = flow.metadata.setdefault("gateway", {})
+        st = state(flow)
         if flow.is_replay == "request" and not connect:
             # A recorded flow replayed (client replay): forget the decisions of the original run.
-            original = meta.get("session") or "unknown"
+            original = st.session or "unknown"
             sid = original if original.startswith("replay-") else clean_session_id(f"replay-{original}")
-            flow.metadata["gateway"] = meta = {"session": sid, "replay": True}
+            st.data.clear()
+            st.session, st.replay = sid, True
         headers = flow.request.headers
         user = clean_session_id(proxy_auth_user(headers.get(PROXY_AUTH)))
         header_sid = clean_session_id(headers.get(SESSION_HEADER))
         strip_identity_headers(headers)
-        sid = user or (None if connect else self.tunnels.get(flow.client_conn.id)) or header_sid
+        tunnel = None if connect else self.connections.get(flow.client_conn.id)
+        sid = user or (tunnel.session if tunnel else None) or header_sid
         if connect and sid:
-            self.tunnels[flow.client_conn.id] = sid
+            self.connections.tunnel(flow.client_conn.id).session = sid
         if sid:
-            meta["session"] = sid
-        elif not meta.get("session"):
+            st.session = sid
+        elif not st.session:
             peer = flow.client_conn.peername
-            meta["session"] = str(peer[0]) if peer else "unknown"
+            st.session = str(peer[0]) if peer else "unknown"
 
     def _guarded(self, flow: http.HTTPFlow, connect: bool) -> None:
         try:
@@ -132,6 +134,3 @@ class Session:
         except Exception:
             log.exception("egress gateway: could not strip identity headers; refusing")
             refuse(flow, "internal_error", "the gateway failed while identifying the session")
-
-    def client_disconnected(self, client) -> None:
-        self.tunnels.pop(client.id, None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from egress_gateway.detection import DetectionEngine, DetectionSettings
-from egress_gateway.detection.engine import FindingsCache
+from egress_gateway.detection.findings import FindingsCache
 
 
 def test_cache_is_bounded_by_entries_and_chars():

@@ -14,7 +14,8 @@ from egress_gateway.detection import (
     TextResult,
     looks_like_prose,
 )
-from egress_gateway.detection.engine import merge_findings, split_chunks
+from egress_gateway.detection.chunks import split_chunks
+from egress_gateway.detection.findings import merge_findings
 from pydantic import ValidationError
 
 

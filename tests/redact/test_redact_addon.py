@@ -6,9 +6,9 @@ import asyncio
 import gzip
 import json
 import time
-from types import SimpleNamespace
 
 import pytest
+from egress_gateway.core import Core
 from egress_gateway.policy import parse_policy
 from egress_gateway.redact.addon import Redactor, parse_options
 from mitmproxy import exceptions, http
@@ -18,12 +18,18 @@ from redact_fakes import FakeEngine
 HOST = "api.example.com"
 
 
+def core_with(policy) -> Core:
+    core = Core()
+    core.policy = policy
+    return core
+
+
 def policy(redact: str = ""):
     return parse_policy(f"version: 1\negress:\n  allow:\n    - host: {HOST}\n" + redact)
 
 
 def make(engine=None, redact: str = ""):
-    core = SimpleNamespace(policy=policy(redact))
+    core = core_with(policy(redact))
     engine = engine or FakeEngine()
     return Redactor(core, engine_factory=lambda settings: engine), engine
 
@@ -297,7 +303,7 @@ def test_bad_option_is_an_options_error():
 
 def test_no_redaction_means_no_engine_at_all():
     built = []
-    core = SimpleNamespace(policy=policy("redact:\n  enabled: false\n"))
+    core = core_with(policy("redact:\n  enabled: false\n"))
     r = Redactor(core, engine_factory=lambda settings: built.append(settings) or FakeEngine())
     f = req_flow(b'{"to": "a@b.co"}')
     run(r, lambda: r.request(f))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from egress_gateway.net.sse import HoldBack, SSEParser, StreamRedactor
+from egress_gateway.net.sse import SSEParser
+from egress_gateway.redact.stream import HoldBack, StreamRedactor
 from sse_fakes import EMAIL, analyze, apply, redact_data
 
 PARSE = [

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from egress_gateway.net.sse import SSEParser, StreamRedactor
+from egress_gateway.net.sse import SSEParser
+from egress_gateway.redact.stream import StreamRedactor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sse_fakes import analyze, apply

@@ -14,9 +14,9 @@ COMMANDS = {
     "check-policy": "egress_gateway.cli.policy:main",
     "schema": "egress_gateway.cli.policy:schema_main",
     "approvals": "egress_gateway.cli.approvals:main",
-    "verify": "egress_gateway.recording.verify:main",
-    "audit": "egress_gateway.recording.report:main",
-    "replay": "egress_gateway.recording.addon:replay_main",
+    "verify": "egress_gateway.cli.verify:main",
+    "audit": "egress_gateway.cli.audit:main",
+    "replay": "egress_gateway.cli.replay:main",
 }
 
 

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 from mitmproxy import http
 
-from egress_gateway import session
 from egress_gateway.credentials import wire
 from egress_gateway.credentials.leak import BODY_LIMIT, Leak, Scanner, find_leak
 from egress_gateway.credentials.scrub import ScrubStream, replacements, scrub, scrub_headers
 from egress_gateway.credentials.settings import CredentialBinding, bindings_of
 from egress_gateway.flowstate import peek, refuse, settled, state
 from egress_gateway.net import codecs, hosts
+from egress_gateway.recording import audit
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +88,9 @@ class _Base:
 
     def _audit_alert(self, flow: http.HTTPFlow, leak: Leak) -> None:
         try:
-            self.core.audit.write({
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "kind": "alert", "alert": "credential_leak", "flow": flow.id,
-                "session": session.session_of(flow),
-                "method": flow.request.method,
-                "host": hosts.normalize_host(flow.request.host), "port": flow.request.port,
-                "path": flow.request.path.split("?", 1)[0] if leak.where != "the URL" else None,
-                "credential": leak.name, "value": leak.needle.kind, "where": leak.where,
-                "decision": "blocked", "code": "credential_leak",
-            })
+            self.core.audit.write(audit.alert_record(
+                flow, "credential_leak", show_path=leak.where != "the URL",
+                credential=leak.name, value=leak.needle.kind, where=leak.where))
         except Exception:
             log.exception("credentials: could not audit a credential leak")
 

@@ -4,7 +4,7 @@ Every recognizer, operator key, threshold key and policy entry uses these names.
 ``entity_type`` is always one of ``ALL_ENTITIES`` or the ``entity`` of an organisation
 recognizer from the policy (``detection.custom``).
 
-PII (Presidio built-ins, tuned in ``recognizers.py``)
+PII (Presidio built-ins, tuned in ``recognizers/pii.py``; NER in ``recognizers/names.py``)
     PERSON          person names (spaCy NER, PERSON label)
     LOCATION        places (spaCy NER: GPE, LOC and FAC labels)
     EMAIL_ADDRESS   e-mail addresses
@@ -16,7 +16,7 @@ PII (Presidio built-ins, tuned in ``recognizers.py``)
     US_BANK_NUMBER  US bank account numbers (context words required)
     US_PASSPORT     US passport numbers (context words required)
 
-Secrets (Presidio has none; see ``recognizers.py`` for how each is found)
+Secrets (Presidio has none; see ``recognizers/secrets.py`` and ``recognizers/assignments.py``)
     AWS_ACCESS_KEY_ID      AKIA/ASIA/... access key ids
     AWS_SECRET_ACCESS_KEY  40-char secret keys next to an aws/secret keyword
     GOOGLE_API_KEY         AIza... keys (Google / Firebase)
@@ -75,6 +75,12 @@ SECRET_ENTITIES: tuple[str, ...] = (
     "PASSWORD_ASSIGNMENT",
     "BEARER_TOKEN",
     "API_TOKEN",
+)
+
+#: Secrets found by where they stand (a keyword, a header, a URL's userinfo), not by a vendor's
+#: fixed prefix and shape; every other secret entity is a vendor format.
+POSITIONAL_SECRET_ENTITIES: frozenset[str] = frozenset(
+    {"AWS_SECRET_ACCESS_KEY", "URL_PASSWORD", "PASSWORD_ASSIGNMENT", "BEARER_TOKEN"}
 )
 
 OPTIONAL_ENTITIES: tuple[str, ...] = ("NRP", "DATE_TIME", "HIGH_ENTROPY_SECRET")

@@ -14,14 +14,15 @@ import logging
 import socket
 import time
 
-from mitmproxy import ctx, http
+from mitmproxy import http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.layers import tls as tls_layer
 
 from egress_gateway.egress import allowlist
 from egress_gateway.egress.allowlist import Decision
-from egress_gateway.flowstate import refuse
+from egress_gateway.flowstate import refuse, settled, state
 from egress_gateway.net import hosts
+from egress_gateway.recording import audit
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +33,18 @@ RESOLVE_CACHE_MAX = 1024
 class Egress:
     def __init__(self, core) -> None:
         self.core = core
-        self.tunnels: dict[str, tuple[str, int]] = {}  # client connection id -> CONNECT target
         self._resolved: dict[tuple, tuple[float, Decision, str | None]] = {}
         self._restore: dict[str, tuple] = {}  # server connection id -> address as requested
 
     # --- decisions ----------------------------------------------------------------------
     def _refuse(self, flow: http.HTTPFlow, d: Decision, identity: str) -> bool:
         """Apply a refusal (or only report it in report mode). True if the flow was refused."""
-        meta = flow.metadata.setdefault("gateway", {})
+        st = state(flow)
         if self.core.policy.egress.mode == "report":
-            meta.update(decision="would_block", reason=d.reason, identity=identity)
+            st.decision, st.reason, st.identity = "would_block", d.reason, identity
             log.warning(f"egress gateway (report mode) would block {identity}: {d.reason}")
             return False
-        meta["identity"] = identity
+        st.identity = identity
         code = d.code or "blocked"
         refuse(flow, code, d.reason, identity=identity, **d.details)
         log.info(f"egress gateway blocked {identity}: {d.reason}")
@@ -62,9 +62,9 @@ class Egress:
         if host_header:
             h, p = url.parse_authority(host_header, check=False)
             out.append(("authority" if req.is_http2 else "host_header", h, p or default_port))
-        tunnel = self.tunnels.get(flow.client_conn.id)
-        if tunnel:
-            out.append(("connect", tunnel[0], tunnel[1]))
+        tunnel = self.core.connections.get(flow.client_conn.id)
+        if tunnel and tunnel.target:
+            out.append(("connect", *tunnel.target))
         if flow.client_conn.sni:
             out.append(("sni", flow.client_conn.sni, req.port))
         return out
@@ -144,13 +144,11 @@ class Egress:
         if flow.response or flow.error:
             return
         try:
-            if self.core.policy is None:
-                raise RuntimeError("no policy loaded")
-            d = allowlist.check_destination(self.core.policy.egress, flow.request.host,
+            d = allowlist.check_destination(self.core.require_policy().egress, flow.request.host,
                                             flow.request.port)
             if not d.allowed and self._refuse(flow, d, "connect"):
                 return
-            self.tunnels[flow.client_conn.id] = (
+            self.core.connections.tunnel(flow.client_conn.id).target = (
                 hosts.normalize_host(flow.request.host), flow.request.port
             )
         except Exception:
@@ -175,22 +173,17 @@ class Egress:
         try:
             from mitmproxy import dns
 
-            egress = self.core.policy.egress
+            egress = self.core.require_policy().egress
             for q in flow.request.questions:
                 name = q.name.rstrip(".")
                 if not any(allowlist.check_destination(egress, name, p).allowed
                            for p in _ports_of(egress)):
                     flow.response = flow.request.fail(dns.response_codes.REFUSED)
-                    flow.metadata.setdefault("gateway", {}).update(
-                        decision="blocked", code="blocked", identity="dns",
-                        reason=f"DNS lookup of {name} refused: not on the egress allowlist")
+                    st = state(flow)
+                    st.decision, st.code, st.identity = "blocked", "blocked", "dns"
+                    st.reason = f"DNS lookup of {name} refused: not on the egress allowlist"
                     log.info(f"egress gateway refused a DNS lookup of {name}")
-                    self.core.audit.write({
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "kind": "dns", "flow": flow.id,
-                        "session": str(flow.client_conn.peername[0]),
-                        "host": name, "decision": "blocked", "code": "blocked",
-                        "identity": "dns", "reason": flow.metadata["gateway"]["reason"]})
+                    self.core.audit.write(audit.dns_record(flow, name))
                     return
         except Exception:
             log.exception("egress gateway: internal error in dns_request; refusing the lookup")
@@ -218,26 +211,21 @@ class Egress:
             log.exception("egress gateway: could not read the TLS SNI; refusing the connection")
             nextlayer.context.client.error = "egress gateway internal error"
 
-    def client_disconnected(self, client) -> None:
-        self.tunnels.pop(client.id, None)
-
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if settled(flow):
             return
         try:
-            if self.core.policy is None:
-                raise RuntimeError("no policy loaded")
+            self.core.require_policy()
             self.check_request(flow)
         except Exception:
             self._internal_error(flow, "requestheaders")
 
     async def request(self, flow: http.HTTPFlow) -> None:
         # Checked again: an addon or a reviewer may have changed the request since its headers.
-        if flow.response or flow.error or not flow.live:
+        if settled(flow):
             return
         try:
-            if self.core.policy is None:
-                raise RuntimeError("no policy loaded")
+            self.core.require_policy()
             if self.check_request(flow):
                 return
             d, _ = await self.resolve_checked(flow.request.host, flow.request.port)
@@ -252,9 +240,7 @@ class Egress:
         if server.error or not server.address:
             return
         try:
-            policy = self.core.policy
-            if policy is None:
-                raise RuntimeError("no policy loaded")
+            policy = self.core.require_policy()
             host, port = server.address[0], server.address[1]
             d = allowlist.check_destination(policy.egress, host, port)
             identity = "dial"
@@ -302,21 +288,11 @@ class Egress:
 
     def _audit_dial(self, data, identity: str, d: Decision) -> None:
         try:
-            peer = data.client.peername
-            sessions = ctx.master.addons.get("egress_gateway_session")
-            sid = sessions.tunnels.get(data.client.id) if sessions else None
-            self.core.audit.write({
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "kind": "connection",
-                "session": sid or (str(peer[0]) if peer else "unknown"),
-                "transport": data.server.transport_protocol,
-                "host": d.details.get("host"),
-                "port": d.details.get("port"),
-                "decision": "blocked",
-                "code": d.code or "blocked",
-                "identity": identity,
-                "reason": d.reason,
-            })
+            tunnel = self.core.connections.get(data.client.id)
+            sid = tunnel.session if tunnel else None
+            self.core.audit.write(audit.connection_record(
+                data.client, data.server, session_id=sid, host=d.details.get("host"),
+                port=d.details.get("port"), code=d.code, identity=identity, reason=d.reason))
         except Exception:
             log.exception("egress gateway: could not audit a refused dial")
 

@@ -1,4 +1,4 @@
-"""The audit log: one JSON line per flow, written by exactly one writer (`AuditLog`).
+"""The audit log: one JSON line per flow, written by exactly one writer (`AuditLog`), and its records.
 
 Lines carry decisions, identities and counts only: never bodies, header values or query strings.
 
@@ -6,7 +6,11 @@ The lines form a hash chain. Each line gets ``seq`` (1, 2, ...), ``prev`` (the p
 hash; 64 zeros for the first) and, last, ``hash``: SHA-256 (or HMAC-SHA-256 with a key) of the
 line's exact bytes up to, not including, ``,"hash":"...``, closed with ``}``. A checkpoint file
 beside the log (``<log>.checkpoint``) holds the latest ``seq`` and ``hash`` so that a cut-off tail
-shows. `egress_gateway.verify` checks all of it.
+shows. `egress_gateway.recording.verify` checks all of it.
+
+Every kind of line is built here (`flow_record`, `stream_record`, `dns_record`,
+`connection_record`, `alert_record`), with one timestamp format (`timestamp`); Core opens, keys
+and closes the log, and every writer goes through ``core.audit.write(record)``.
 """
 
 from __future__ import annotations
@@ -23,13 +27,24 @@ from pathlib import Path
 from mitmproxy import http
 
 from egress_gateway import session
+from egress_gateway.flowstate import peek
+from egress_gateway.net import hosts
 
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 HASH_SEP = ',"hash":"'
 CHECKPOINT_SUFFIX = ".checkpoint"
+CHECKPOINT_SECONDS = 5.0
 _TAIL_BYTES = 1 << 20
+
+
+def timestamp(t: float | None = None, millis: bool = False) -> str:
+    """UTC ISO 8601 time of a line: ``2026-01-01T10:00:00Z`` (now), or with milliseconds."""
+    t = time.time() if t is None else t
+    if not millis:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
 def line_hash(body: bytes, key: bytes | None) -> str:
@@ -147,7 +162,7 @@ class AuditLog:
             if state == self._checkpointed:
                 return
             doc = {"log": self.path.name, "seq": self.seq, "hash": self.head, "alg": self.alg,
-                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                   "time": timestamp()}
             if self.key:
                 doc["mac"] = checkpoint_mac(self.seq, self.head, self.key)
             tmp = self.checkpoint_file.with_name(self.checkpoint_file.name + ".tmp")
@@ -169,13 +184,25 @@ class AuditLog:
             self._fh.close()
 
 
+# --- the records --------------------------------------------------------------------------------
+FLOW_FIELDS = ("identity", "would_block", "redactions", "unscanned", "scan_ms", "streamed",
+               "stream_stopped", "approval", "credential")
+
+
+def _client_session(sid: str | None, client_conn) -> str:
+    """The session of a line: `sid`, else the client's address."""
+    if sid:
+        return sid
+    peer = client_conn.peername
+    return str(peer[0]) if peer else "unknown"
+
+
 def flow_record(flow: http.HTTPFlow, kind: str = "http") -> dict:
     """The audit line for an HTTP flow (or a CONNECT) from its state and ``metadata["gateway"]``."""
-    meta = flow.metadata.get("gateway", {})
+    meta = peek(flow).data
     req = flow.request
     rec = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(req.timestamp_start))
-        + f".{int(req.timestamp_start * 1000) % 1000:03d}Z",
+        "time": timestamp(req.timestamp_start, millis=True),
         "flow": flow.id,
         "kind": kind,
         "session": session.session_of(flow),
@@ -190,8 +217,7 @@ def flow_record(flow: http.HTTPFlow, kind: str = "http") -> dict:
     }
     if flow.error and not meta.get("code"):
         rec["error"] = flow.error.msg
-    for key in ("identity", "would_block", "redactions", "unscanned", "scan_ms", "streamed",
-                "stream_stopped", "approval", "credential"):
+    for key in FLOW_FIELDS:
         if key in meta:
             rec[key] = meta[key]
     out, in_ = flow_bytes(flow)
@@ -203,18 +229,15 @@ def flow_record(flow: http.HTTPFlow, kind: str = "http") -> dict:
 
 def stream_record(flow, kind: str) -> dict:
     """The audit line for a raw TCP or UDP flow (no request/response; messages only)."""
-    meta = flow.metadata.get("gateway", {})
+    meta = peek(flow).data
     addr = flow.server_conn.address or (None, None)
-    peer = flow.client_conn.peername
     out = sum(len(m.content) for m in flow.messages if m.from_client)
     in_ = sum(len(m.content) for m in flow.messages if not m.from_client)
-    started = flow.timestamp_created
     rec = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started))
-        + f".{int(started * 1000) % 1000:03d}Z",
+        "time": timestamp(flow.timestamp_created, millis=True),
         "flow": flow.id,
         "kind": kind,
-        "session": meta.get("session") or (str(peer[0]) if peer else "unknown"),
+        "session": _client_session(meta.get("session"), flow.client_conn),
         "host": addr[0],
         "port": addr[1],
         "decision": meta.get("decision", "allowed"),
@@ -229,6 +252,50 @@ def stream_record(flow, kind: str) -> dict:
     if "unscanned" in meta:
         rec["unscanned"] = meta["unscanned"]
     return rec
+
+
+def dns_record(flow, host: str) -> dict:
+    """The audit line for a DNS lookup the gateway refused (DNS mode), after it refused it."""
+    return {
+        "time": timestamp(), "kind": "dns", "flow": flow.id,
+        "session": str(flow.client_conn.peername[0]),
+        "host": host, "decision": "blocked", "code": "blocked",
+        "identity": "dns", "reason": peek(flow).reason,
+    }
+
+
+def connection_record(client_conn, server_conn, *, session_id: str | None, host, port,
+                      code: str | None, identity: str, reason: str | None) -> dict:
+    """The audit line for an upstream connection (a dial) the gateway refused."""
+    return {
+        "time": timestamp(),
+        "kind": "connection",
+        "session": _client_session(session_id, client_conn),
+        "transport": server_conn.transport_protocol,
+        "host": host,
+        "port": port,
+        "decision": "blocked",
+        "code": code or "blocked",
+        "identity": identity,
+        "reason": reason,
+    }
+
+
+def alert_record(flow: http.HTTPFlow, alert: str, *, show_path: bool = True, **fields) -> dict:
+    """The audit line for an alert (e.g. ``credential_leak``) on a request refused with code `alert`.
+
+    `fields` (the alert's details) come after the request's destination; `show_path` False leaves
+    the path out (when the alert is about the URL itself)."""
+    req = flow.request
+    return {
+        "time": timestamp(), "kind": "alert", "alert": alert, "flow": flow.id,
+        "session": session.session_of(flow),
+        "method": req.method,
+        "host": hosts.normalize_host(req.host), "port": req.port,
+        "path": req.path.split("?", 1)[0] if show_path else None,
+        **fields,
+        "decision": "blocked", "code": alert,
+    }
 
 
 def flow_bytes(flow: http.HTTPFlow) -> tuple[int, int]:

@@ -20,147 +20,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from mitmproxy import ctx, exceptions, http
 
 from egress_gateway.detection.engine import deadline
-from egress_gateway.flowstate import refuse
-from egress_gateway.net import codecs, hosts
-from egress_gateway.net.sse import StreamRedactor
+from egress_gateway.flowstate import refuse, settled, state
 from egress_gateway.redact import bodies
-from egress_gateway.redact.settings import DirectionRules, RedactSettings
-from egress_gateway.redact.walker import TextJob
+from egress_gateway.redact.runtime import RedactRuntime
+from egress_gateway.redact.scan import (
+    DEFAULT_BODY_LIMIT,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WORKERS,
+    INLINE_MAX_BYTES,
+    CacheMiss,
+    Outcome,
+    ScanOptions,
+    parse_options,
+    policy_refusal,
+    scan_message,
+    scan_ws_text,
+)
+from egress_gateway.redact.stream import StreamRedactor
 from egress_gateway.session import session_of
 
 log = logging.getLogger(__name__)
-
-INLINE_MAX_BYTES = 64 * 1024  # larger messages always go to the pool (parsing takes time)
-DEFAULT_BODY_LIMIT = 10 * 1024 * 1024
-
-
-class _CacheMiss(Exception):
-    """A text is not in the findings cache: the message needs the worker pool."""
-DEFAULT_WORKERS = 2
-DEFAULT_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class ScanOptions:
-    body_limit: int = DEFAULT_BODY_LIMIT
-    workers: int = DEFAULT_WORKERS
-    timeout: float = DEFAULT_TIMEOUT
-
-
-def parse_options(body_limit, workers, timeout) -> ScanOptions:
-    """Validate the addon's options; raise ValueError naming the bad one."""
-    if not isinstance(body_limit, int) or body_limit < 1024:
-        raise ValueError(f"gateway_body_limit must be at least 1024 bytes, got {body_limit!r}")
-    if not isinstance(workers, int) or not 1 <= workers <= 64:
-        raise ValueError(f"gateway_scan_workers must be between 1 and 64, got {workers!r}")
-    try:
-        timeout = float(timeout)
-    except (TypeError, ValueError):
-        raise ValueError(f"gateway_scan_timeout must be a number of seconds, got {timeout!r}") from None
-    if not 0 < timeout <= 3600:
-        raise ValueError(f"gateway_scan_timeout must be > 0 and <= 3600 seconds, got {timeout!r}")
-    return ScanOptions(body_limit, workers, float(timeout))
-
-
-# --- the work done on a worker thread ---------------------------------------------------------------
-@dataclass
-class Outcome:
-    """What scanning one message decided. Never holds found values, only counts and types."""
-
-    body: bytes | None = None  # new raw body; None: forward the original bytes
-    query: str | None = None  # new query string; None: unchanged
-    path: str | None = None  # new URL path (without the query); None: unchanged
-    text: str | None = None  # new WebSocket text; None: unchanged
-    counts: Counter = field(default_factory=Counter)
-    refusal: tuple[str, str, dict] | None = None  # (code, reason, details)
-    unscanned: str | None = None  # why (part of) the message was passed unscanned
-    notes: list[str] = field(default_factory=list)
-
-
-def _policy_refusal(what: str, action: str, code: str, reason: str, out: Outcome) -> Outcome | None:
-    if action == "block":
-        out.refusal = (code, reason, {})
-        return out
-    out.unscanned = f"{what}: {reason}"
-    return None
-
-
-def _blocked_refusal(blocked: set[str]) -> tuple[str, str, dict]:
-    """The refusal for a message carrying entities whose operator is ``block`` (types only)."""
-    names = sorted(blocked)
-    return ("sensitive_data", f"the message carries data the policy blocks: {', '.join(names)}",
-            {"entities": names})
-
-
-def scan_message(raw: bytes | None, content_type: str | None, content_encoding: str | None,
-                 query: str | None, rules: DirectionRules, limit: int,
-                 redact_many: Callable, path: str | None = None) -> Outcome:
-    """Plan, redact and rebuild one HTTP message (pure: no flow access; runs on a worker)."""
-    out = Outcome()
-    job = TextJob()
-    opts = bodies.Options(scope=rules.scope(), unsupported=rules.unsupported)
-    qfinish = bodies.plan_urlencoded(job, query, opts) if query else None
-    pfinish = bodies.plan_path(job, path) if path else None
-    bplan = None
-    if raw is None:  # streamed: the body never passes through the gateway's hooks
-        if _policy_refusal("too_large", rules.too_large, "too_large",
-                           "the body is streamed and cannot be scanned", out):
-            return out
-    else:
-        try:
-            bplan = bodies.plan_body(job, raw, content_type, content_encoding, limit, opts)
-        except codecs.TooLarge as e:
-            if _policy_refusal("too_large", rules.too_large, "too_large", str(e), out):
-                return out
-        except bodies.Unsupported as e:
-            if _policy_refusal("unsupported", rules.unsupported, "unsupported_content", str(e), out):
-                return out
-    job.run(redact_many)
-    out.counts = job.counts
-    out.notes = opts.notes
-    if job.blocked:
-        out.refusal = _blocked_refusal(job.blocked)
-        return out
-    if qfinish is not None:
-        out.query = qfinish()
-    if pfinish is not None:
-        out.path = pfinish()
-    if bplan is not None:
-        out.body = bplan.finish()
-    return out
-
-
-def scan_ws_text(text: str, rules: DirectionRules, redact_many: Callable) -> Outcome:
-    out = Outcome()
-    job = TextJob()
-    node = job.add_text(text, rules.scope())
-    job.run(redact_many)
-    out.counts = job.counts
-    if job.blocked:
-        out.refusal = _blocked_refusal(job.blocked)
-        return out
-    out.text = job.result(node)
-    return out
 
 
 def _default_engine_factory(settings):
     from egress_gateway.detection import DetectionEngine
 
     return DetectionEngine.get(settings)
-
-
-def _meta(flow) -> dict:
-    return flow.metadata.setdefault("gateway", {})
 
 
 def format_counts(counts: dict[str, int]) -> str:
@@ -177,12 +70,10 @@ class Redactor:
         self.engine_factory = engine_factory or _default_engine_factory
         self.options = ScanOptions()
         self.pool: ThreadPoolExecutor | None = None
-        self._rules_cache: dict = {}
-        self._engines: dict = {}
         self._streams: dict[str, StreamRedactor] = {}  # flow id -> its stream redactor
         self._unredacted_streams: set[str] = set()
         self._warm = False
-        self._lock = threading.Lock()
+        core.add_compiler("redact", lambda policy: RedactRuntime(policy, self.engine_factory))
 
     # --- lifecycle ------------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -217,7 +108,7 @@ class Redactor:
                 if old is not None:
                     old.shutdown(wait=False)
             self.options = opts
-        if "gateway_policy" in updated and self.core.policy is not None:
+        if "gateway_policy" in updated and self.core.compiled is not None:
             # Presidio and spaCy load here (~1-2 s), before the gateway says it is ready.
             try:
                 self.prewarm()
@@ -229,64 +120,22 @@ class Redactor:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
 
-    # --- policy lookups --------------------------------------------------------------------
-    def _settings(self, policy) -> tuple[RedactSettings, object]:
-        redact = getattr(policy, "redact", None) or RedactSettings()
-        detection = getattr(policy, "detection", None)
-        if detection is None:
-            from egress_gateway.detection import DetectionSettings
-
-            detection = DetectionSettings()
-        return redact, detection
-
-    def rules_for(self, policy, host: str, path: str, direction: str) -> tuple[int, DirectionRules]:
-        redact, _ = self._settings(policy)
-        try:
-            host = hosts.normalize_host(host)
-        except ValueError:
-            pass
-        idx = next((i for i, r in enumerate(redact.rules) if r.matches(host, path)), -1)
-        key = (id(policy), idx, direction)
-        hit = self._rules_cache.get(key)
-        if hit is None or hit[0] is not policy:
-            if len(self._rules_cache) > 256:
-                self._rules_cache.clear()
-            rule = redact.rules[idx] if idx >= 0 else None
-            hit = (policy, redact._merged(rule, direction))
-            self._rules_cache[key] = hit
-        return idx, hit[1]
-
-    def engine_for(self, policy, idx: int, direction: str, rules: DirectionRules):
-        """The detection engine for one direction of one rule (built on first use; thread-safe)."""
-        key = (id(policy), idx, direction)
-        with self._lock:
-            hit = self._engines.get(key)
-        if hit is not None and hit[0] is policy:
-            return hit[1]
-        _, detection = self._settings(policy)
-        engine = self.engine_factory(rules.detection(detection))
-        with self._lock:
-            if len(self._engines) > 64:
-                self._engines.clear()
-            self._engines[key] = (policy, engine)
-        return engine
+    # --- the policy's compiled redact section --------------------------------------------
+    def runtime(self) -> RedactRuntime:
+        """The redact section of the current policy, compiled when it loaded."""
+        self.core.require_policy()
+        return self.core.compiled["redact"]
 
     def prewarm(self) -> None:
-        policy = self.core.policy
-        redact, _ = self._settings(policy)
-        if not redact.enabled:
-            return
-        for idx in range(-1, len(redact.rules)):
-            for direction in ("request", "response"):
-                rule = redact.rules[idx] if idx >= 0 else None
-                rules = redact._merged(rule, direction)
-                if rules.enabled:
-                    engine = self.engine_for(policy, idx, direction, rules)
-                    if not self._warm:
-                        # spaCy's first call initialises lazily (~150 ms): not on a real request
-                        engine.analyze("Warm-up: Jane Roe wrote to jane.roe@example.com today.",
-                                       prose=True)
-                        self._warm = True
+        """Build the engines of every rule that scans, before the gateway says it is ready."""
+        rt = self.runtime()
+        for idx, direction in rt.enabled_keys():
+            engine = rt.engine(idx, direction)
+            if not self._warm:
+                # spaCy's first call initialises lazily (~150 ms): not on a real request
+                engine.analyze("Warm-up: Jane Roe wrote to jane.roe@example.com today.",
+                               prose=True)
+                self._warm = True
 
     # --- running a scan ---------------------------------------------------------------------
     async def _run(self, fn: Callable[[], Outcome]) -> Outcome:
@@ -296,35 +145,34 @@ class Redactor:
         return await asyncio.wait_for(loop.run_in_executor(self.pool, fn), self.options.timeout)
 
     def _record(self, flow, direction: str, out: Outcome) -> None:
-        meta = _meta(flow)
+        st = state(flow)
         if out.counts:
-            red = meta.setdefault("redactions", {})
-            mine = red.setdefault(direction, {})
+            mine = st.sub("redactions").setdefault(direction, {})
             for e, n in out.counts.items():
                 mine[e] = mine.get(e, 0) + n
             self._comment(flow)
-            ms = meta.get("scan_ms", {}).get(direction)
+            ms = (st.scan_ms or {}).get(direction)
             took = f" in {ms:g} ms" if ms is not None else ""
             log.info(f"egress gateway redacted the {direction} to {flow.request.pretty_host}"
                      f"{took}: {format_counts(out.counts)}")
         if out.unscanned:
-            meta.setdefault("unscanned", {})[direction] = out.unscanned
+            st.sub("unscanned")[direction] = out.unscanned
             log.warning(f"egress gateway passed the {direction} to {flow.request.pretty_host} "
                         f"unscanned (policy): {out.unscanned}")
         if out.notes:
-            meta.setdefault("redaction_notes", {})[direction] = out.notes[:10]
+            st.sub("redaction_notes")[direction] = out.notes[:10]
 
     def _comment(self, flow) -> None:
-        meta = _meta(flow)
-        red = meta.get("redactions", {})
+        st = state(flow)
+        red = st.redactions or {}
         mine = "; ".join(f"{d}: {format_counts(red[d])}" for d in ("request", "response")
                          if red.get(d))
-        prev = meta.get("redaction_comment")
+        prev = st.redaction_comment
         base = flow.comment or ""
         if prev and base.endswith(prev):
             base = base[: -len(prev)].rstrip("; ")
         flow.comment = f"{base}; {mine}" if base else mine
-        meta["redaction_comment"] = mine
+        st.redaction_comment = mine
 
     def _fail(self, flow, direction: str, e: BaseException) -> None:
         if isinstance(e, TimeoutError):
@@ -338,13 +186,10 @@ class Redactor:
         refuse(flow, "internal_error", reason)
 
     async def _scan_http(self, flow: http.HTTPFlow, direction: str) -> None:
-        policy = self.core.policy
-        if policy is None:
-            raise RuntimeError("no policy loaded")
-        redact, _ = self._settings(policy)
-        if not redact.enabled:
+        rt = self.runtime()
+        if not rt.enabled:
             return
-        idx, rules = self.rules_for(policy, flow.request.host, flow.request.path, direction)
+        idx, rules = rt.for_flow(flow.request.host, flow.request.path, direction)
         if not rules.enabled:
             return
         msg = flow.request if direction == "request" else flow.response
@@ -365,17 +210,17 @@ class Redactor:
         ct, ce = msg.headers.get("content-type"), msg.headers.get("content-encoding")
 
         def work() -> Outcome:
-            engine = self.engine_for(policy, idx, direction, rules)
+            engine = rt.engine(idx, direction)
             with deadline(self.options.timeout):  # the worker stops too, not only the wait
                 return scan_message(raw, ct, ce, query, rules, limit,
                                     lambda texts: engine.redact_many(texts, session=session), upath)
 
         t0 = time.perf_counter()
-        out = self._scan_inline(policy, idx, direction, rules, raw, ct, ce, query, session, upath)
+        out = self._scan_inline(rt.engine(idx, direction), rules, raw, ct, ce, query, session, upath)
         if out is None:
             out = await self._run(work)
         ms = round((time.perf_counter() - t0) * 1000, 1)
-        _meta(flow).setdefault("scan_ms", {})[direction] = ms
+        state(flow).sub("scan_ms")[direction] = ms
         self._record(flow, direction, out)
         if out.refusal:
             code, reason, details = out.refusal
@@ -393,12 +238,11 @@ class Redactor:
             if "transfer-encoding" not in msg.headers or "content-length" in msg.headers:
                 msg.headers["content-length"] = str(len(out.body))
 
-    def _scan_inline(self, policy, idx, direction, rules, raw, ct, ce, query, session, upath=None):
+    def _scan_inline(self, engine, rules, raw, ct, ce, query, session, upath=None):
         """A small message whose texts are all cached (or that has none) is finished on the
         event loop: a thread-pool round trip costs more than the work. None: use the pool."""
         if raw is not None and len(raw) > INLINE_MAX_BYTES or ce:
             return None
-        engine = self.engine_for(policy, idx, direction, rules)
         cached = getattr(engine, "redact_many_cached", None)
         if cached is None:
             return None
@@ -406,25 +250,25 @@ class Redactor:
         def cached_only(texts):
             results = cached(texts, session=session)
             if results is None:
-                raise _CacheMiss
+                raise CacheMiss
             return results
 
         try:
             return scan_message(raw, ct, ce, query, rules, self.options.body_limit, cached_only,
                                 upath)
-        except _CacheMiss:
+        except CacheMiss:
             return None
 
     # --- hooks ------------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Refuse a declared over-limit body before mitmproxy buffers it."""
-        if flow.response or flow.error or not flow.live:
+        if settled(flow):
             return
         try:
-            policy = self.core.policy
-            if policy is None or not self._settings(policy)[0].enabled:
+            rt = self.runtime()
+            if not rt.enabled:
                 return
-            _, rules = self.rules_for(policy, flow.request.host, flow.request.path, "request")
+            _, rules = rt.for_flow(flow.request.host, flow.request.path, "request")
             if not rules.enabled or rules.too_large != "block":
                 return
             length = flow.request.headers.get("content-length")
@@ -445,24 +289,22 @@ class Redactor:
 
     def _raw_stream(self, flow, what: str) -> None:
         try:
-            policy = self.core.policy
-            if policy is None:
-                raise RuntimeError("no policy loaded")
-            if not self._settings(policy)[0].enabled:
+            rt = self.runtime()
+            if not rt.enabled:
                 return
             host = flow.server_conn.address[0] if flow.server_conn.address else ""
-            _, rules = self.rules_for(policy, host, "", "request")
+            _, rules = rt.for_flow(host, "", "request")
             if not rules.enabled:
                 return
-            meta = _meta(flow)
+            st = state(flow)
             if rules.unsupported == "block":
                 reason = (f"raw {what} cannot be scanned for PII and secrets; the policy blocks "
                           "unscannable content (redact.request.unsupported: block)")
                 flow.server_conn.error = f"refused by the egress gateway: {reason}"
-                meta.update(decision="blocked", code="unsupported_content", reason=reason)
+                st.decision, st.code, st.reason = "blocked", "unsupported_content", reason
                 log.info(f"egress gateway refused raw {what} to {host}: unscannable")
             else:
-                meta.setdefault("unscanned", {})["request"] = f"raw {what} (policy: pass)"
+                st.sub("unscanned")["request"] = f"raw {what} (policy: pass)"
                 log.warning(f"egress gateway passes raw {what} to {host} unscanned (policy)")
         except Exception:
             log.exception(f"egress gateway: internal error checking raw {what}; refusing it")
@@ -471,13 +313,13 @@ class Redactor:
     async def rescan_request(self, flow: http.HTTPFlow) -> None:
         """Scan a request again after a reviewer edited it (approvals): its counts are replaced,
         not added to the first scan's."""
-        meta = _meta(flow)
-        meta.get("redactions", {}).pop("request", None)
-        meta.get("scan_ms", {}).pop("request", None)
+        st = state(flow)
+        (st.redactions or {}).pop("request", None)
+        (st.scan_ms or {}).pop("request", None)
         await self.request(flow)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if settled(flow):
             return
         try:
             await self._scan_http(flow, "request")
@@ -490,7 +332,7 @@ class Redactor:
         A buffered SSE response would turn time-to-first-token into time-to-last-token.
         Compressed streams are left to the buffered path (decoded with the bounded decoder).
         """
-        if flow.response is None or _meta(flow).get("decision") == "blocked":
+        if flow.response is None or state(flow).refused:
             return
         try:
             resp = flow.response
@@ -498,15 +340,13 @@ class Redactor:
                 return
             if resp.headers.get("content-encoding", "identity").strip().lower() != "identity":
                 return
-            policy = self.core.policy
-            if policy is None:
-                raise RuntimeError("no policy loaded")
-            idx, rules = self.rules_for(policy, flow.request.host, flow.request.path, "response")
-            if not self._settings(policy)[0].enabled or not rules.enabled:
+            rt = self.runtime()
+            idx, rules = rt.for_flow(flow.request.host, flow.request.path, "response")
+            if not rt.enabled or not rules.enabled:
                 resp.stream = True  # not redacted for this host: stream it as it comes
                 self._unredacted_streams.add(flow.id)
                 return
-            engine = self.engine_for(policy, idx, "response", rules)
+            engine = rt.engine(idx, "response")
             session = session_of(flow)
             scope = rules.scope()
 
@@ -530,15 +370,15 @@ class Redactor:
     def _stream_done(self, flow: http.HTTPFlow, stream: StreamRedactor) -> None:
         out = Outcome(counts=Counter(stream.counts))
         self._record(flow, "response", out)
-        meta = _meta(flow)
-        meta["streamed"] = {"events": stream.events}
+        st = state(flow)
+        st.streamed = {"events": stream.events}
         if stream.failed:
-            meta["stream_stopped"] = stream.failed
+            st.stream_stopped = stream.failed
             log.error(f"egress gateway stopped the event stream from {flow.request.pretty_host}: "
                       f"{stream.failed}")
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None or _meta(flow).get("decision") == "blocked":
+        if flow.response is None or state(flow).refused:
             return  # the gateway's own answer
         stream = self._streams.pop(flow.id, None)
         if stream is not None:  # redacted while it streamed; the stored body is what was sent
@@ -566,23 +406,21 @@ class Redactor:
             return
         direction = "request" if msg.from_client else "response"
         try:
-            policy = self.core.policy
-            if policy is None:
-                raise RuntimeError("no policy loaded")
-            if not self._settings(policy)[0].enabled:
+            rt = self.runtime()
+            if not rt.enabled:
                 return
-            idx, rules = self.rules_for(policy, flow.request.host, flow.request.path, direction)
+            idx, rules = rt.for_flow(flow.request.host, flow.request.path, direction)
             if not rules.enabled:
                 return
             out = Outcome()
             if not msg.is_text:
-                if _policy_refusal("unsupported", rules.unsupported, "unsupported_content",
+                if policy_refusal("unsupported", rules.unsupported, "unsupported_content",
                                    "binary WebSocket message", out):
                     msg.drop()
                 self._record(flow, direction, out)
                 return
             if len(msg.content) > self.options.body_limit:
-                if _policy_refusal("too_large", rules.too_large, "too_large",
+                if policy_refusal("too_large", rules.too_large, "too_large",
                                    "WebSocket message over the body limit", out):
                     msg.drop()
                 self._record(flow, direction, out)
@@ -591,7 +429,7 @@ class Redactor:
             session = session_of(flow)
 
             def work() -> Outcome:
-                engine = self.engine_for(policy, idx, direction, rules)
+                engine = rt.engine(idx, direction)
                 return scan_ws_text(text, rules,
                                     lambda texts: engine.redact_many(texts, session=session))
 
@@ -599,8 +437,7 @@ class Redactor:
             self._record(flow, direction, out)
             if out.refusal:
                 msg.drop()
-                _meta(flow).setdefault("websocket_dropped", {}).setdefault(direction, 0)
-                _meta(flow)["websocket_dropped"][direction] += 1
+                state(flow).count("websocket_dropped", direction)
                 log.info(f"egress gateway dropped a WebSocket message ({direction}): "
                          f"{out.refusal[0]}")
             elif out.text is not None:

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-from egress_gateway.net import codecs
+from egress_gateway.net import codecs, sse
+from egress_gateway.net.sse import Event
 from egress_gateway.redact.jsonpath import EVERYTHING, Scope
 from egress_gateway.redact.walker import JsonError, TextJob
 
@@ -260,59 +261,16 @@ def plan_form(job: TextJob, data: bytes, charset: str | None, opts: Options) -> 
     return finish
 
 
-# --- server-sent events --------------------------------------------------------------------------
-_EVENT_SPLIT = re.compile(r"(\r\n\r\n|\n\n|\r\r)")
-_EVENT_LINE = re.compile(r"([^\r\n]*)(\r\n|\n|\r|\Z)")
-
-
-def sse_event_data(event: str) -> str | None:
-    """The ``data`` payload of one SSE event (its data lines joined by newlines), or None."""
-    data = None
-    for m in _EVENT_LINE.finditer(event):
-        line = m.group(1)
-        if line.startswith("data"):
-            name, colon, value = line.partition(":")
-            if name != "data":
-                continue
-            if value.startswith(" "):
-                value = value[1:]
-            data = value if data is None else data + "\n" + value
-        if not m.group(2):
-            break
-    return data
-
-
-def sse_replace_data(event: str, payload: str) -> str:
-    """`event` with its data lines replaced by `payload` (at the first data line's place);
-    other lines and the event's line ending are kept."""
-    newline = "\r\n" if "\r\n" in event else ("\r" if "\r" in event and "\n" not in event
-                                               else "\n")
-    out: list[str] = []
-    placed = False
-    trailing = ""
-    for m in _EVENT_LINE.finditer(event):
-        line, end = m.group(1), m.group(2)
-        if not line and not end:
-            break
-        trailing = end
-        if line.partition(":")[0] == "data":
-            if not placed:
-                placed = True
-                out += [f"data: {p}" for p in payload.split("\n")]
-            continue
-        out.append(line)
-    return newline.join(out) + (newline if trailing else "")
-
-
-def plan_sse_event(job: TextJob, event: str, scope: Scope = EVERYTHING) -> Callable[[], str | None]:
-    """Plan one event (the seam for streaming redaction): its data payload is scanned (as JSON
-    when it is JSON); finish() gives the rewritten event or None. Other fields are untouched."""
-    payload = sse_event_data(event)
+# --- server-sent events (framed by net.sse, the one SSE parser) ---------------------------------
+def plan_sse_event(job: TextJob, event: Event, scope: Scope = EVERYTHING) -> Callable[[], bytes | None]:
+    """Plan one event: its data payload is scanned (as JSON when it is JSON); finish() gives the
+    rewritten event or None. Other fields and the event's line ends are untouched."""
+    payload = event.data if event.data_lines else None
     node = job.add_text(payload, scope) if payload else None
 
-    def finish() -> str | None:
+    def finish() -> bytes | None:
         new = job.result(node) if node is not None else None
-        return None if new is None else sse_replace_data(event, new)
+        return None if new is None else event.with_data(new)
 
     return finish
 
@@ -330,17 +288,16 @@ def redact_sse_data(data: str, redact_many: Callable, scope: Scope = EVERYTHING
 
 def plan_sse(job: TextJob, data: bytes, charset: str | None, opts: Options) -> Finish:
     text, cs = _decode_text(data, charset)
-    pieces = _EVENT_SPLIT.split(text)  # event, separator, event, separator, ..., tail
-    plans = [(p, plan_sse_event(job, p, opts.scope) if i % 2 == 0 else None)
-             for i, p in enumerate(pieces)]
+    events = sse.parse_all(text.encode("utf-8"))
+    plans = [(ev, plan_sse_event(job, ev, opts.scope)) for ev in events]
 
     def finish() -> bytes | None:
         out, changed = [], False
-        for piece, fin in plans:
-            new = fin() if fin is not None else None
+        for ev, fin in plans:
+            new = fin()
             changed |= new is not None
-            out.append(piece if new is None else new)
-        return "".join(out).encode(cs) if changed else None
+            out.append(ev.raw() if new is None else new)
+        return _encoder(cs)(b"".join(out).decode("utf-8")) if changed else None
 
     return finish
 

@@ -177,12 +177,18 @@ class RedactSettings(_Model):
             {**base.model_dump(), **over.model_dump(include=over.model_fields_set)}
         )
 
+    def rule_index(self, host: str, path: str) -> int:
+        """The index of the first rule matching a flow to `host` and `path`, or -1."""
+        try:
+            host = hosts.normalize_host(host)
+        except ValueError:
+            pass  # an unparseable host matches no rule (egress refuses it anyway)
+        return next((i for i, r in enumerate(self.rules) if r.matches(host, path)), -1)
+
     def for_flow(self, host: str, path: str, direction: str) -> tuple[int, DirectionRules]:
         """(rule index or -1, the rules for one direction of a flow to `host` and `path`)."""
-        for i, rule in enumerate(self.rules):
-            if rule.matches(host, path):
-                return i, self._merged(rule, direction)
-        return -1, self._merged(None, direction)
+        idx = self.rule_index(host, path)
+        return idx, self._merged(self.rules[idx] if idx >= 0 else None, direction)
 
 
 def check_entities(redact: RedactSettings, detection: DetectionSettings) -> None:

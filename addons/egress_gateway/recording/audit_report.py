@@ -1,4 +1,4 @@
-"""`run_gateway.sh audit DIR [--json FILE] [--html FILE]`: what each agent session sent and got.
+"""The audit report (`run_gateway.sh audit`): what each agent session sent and got.
 
 Per session, from the audit log: time span, hosts contacted with request counts, refused attempts
 with reasons, redactions per entity type and direction, approvals asked/granted/denied, bytes out
@@ -8,14 +8,11 @@ single self-contained HTML page (rendered by jinja2 from ``templates/report.html
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
 from egress_gateway.recording import verify as verify_mod
-from egress_gateway.recording.verify import add_log_arguments, key_from_args
 
 TEMPLATE = "report.html.j2"
 FLOW_KINDS = ("http", "websocket")
@@ -164,6 +161,7 @@ def render_html(report: dict) -> str:
 
 
 def build(directory: Path, audit_path: Path | None, key: bytes | None) -> dict:
+    """The whole report of a recordings directory: sessions, unreadable lines, integrity."""
     audit_path = audit_path or directory / "audit.jsonl"
     records, bad = load_lines(audit_path)
     res = verify_mod.verify(directory, audit_path, key)
@@ -173,24 +171,3 @@ def build(directory: Path, audit_path: Path | None, key: bytes | None) -> dict:
                         else f"FAILED: {res.problems[0]}")
     return {"directory": str(directory), "audit_log": str(audit_path), "unreadable_lines": bad,
             "sessions": summarize(records), "integrity": check}
-
-
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="run_gateway.sh audit",
-                                 description="Per-session audit report of a recordings directory.")
-    add_log_arguments(ap)
-    ap.add_argument("--json", type=Path, help="also write the report as JSON to this file")
-    ap.add_argument("--html", type=Path, help="also write a self-contained HTML page to this file")
-    args = ap.parse_args(argv)
-    key = key_from_args(args, "audit")
-    audit_path = args.audit or args.dir / "audit.jsonl"
-    if not audit_path.is_file():
-        print(f"audit: no audit log at {audit_path}", file=sys.stderr)
-        return 2
-    report = build(args.dir, args.audit, key)
-    print(render_text(report["sessions"], report["integrity"]))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if args.html:
-        args.html.write_text(render_html(report))
-    return 0

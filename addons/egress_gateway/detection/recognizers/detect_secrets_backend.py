@@ -1,5 +1,4 @@
-"""Yelp detect-secrets plugins wrapped as one Presidio recognizer (secret backend
-``detect_secrets``).
+"""Yelp detect-secrets plugins wrapped as one Presidio recognizer (secret backend ``detect_secrets``).
 
 We use the plugins' *maintained regexes* (``denylist`` of every ``RegexBasedDetector``, the
 ``KeywordDetector`` expressions, the entropy plugins' charsets and limits) and detect-secrets'
@@ -36,12 +35,9 @@ from detect_secrets.plugins.high_entropy_strings import (
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 
-from egress_gateway.detection.recognizers import (
-    TEMPLATE_RE,
-    PasswordAssignmentRecognizer,
-    is_placeholder,
-    make_result,
-)
+from egress_gateway.detection.recognizers.assignments import PasswordAssignmentRecognizer
+from egress_gateway.detection.recognizers.base import make_result
+from egress_gateway.detection.recognizers.filters import TEMPLATE_RE, is_placeholder
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from egress_gateway.recording import report
+from egress_gateway.recording import audit_report as report
 
 RECORDS = [
     {"time": "2026-01-01T10:00:00.000Z", "session": "a", "kind": "http", "host": "api.x.com",

@@ -1,0 +1,183 @@
+"""Person and place rules: the spaCy NER recognizer's filters and name frames."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import regex as re
+from presidio_analyzer import Pattern, PatternRecognizer
+from presidio_analyzer.predefined_recognizers import SpacyRecognizer
+from spacy.tokens import Span
+
+from egress_gateway.detection.recognizers.base import make_result
+
+#: Names spaCy's small model tags as PERSON/LOCATION in technical text; checked
+#: case-insensitively against NER findings only (never against secrets).
+DEFAULT_NER_ALLOW_LIST = frozenset(
+    {
+        "claude", "anthropic", "openai", "chatgpt", "gpt", "gemini", "llama", "mistral",
+        "node", "node.js", "nodejs", "react", "python", "java", "javascript", "typescript",
+        "rust", "go", "golang", "ruby", "rails", "django", "flask", "docker", "kubernetes",
+        "linux", "ubuntu", "debian", "windows", "macos", "github", "gitlab", "git", "bash",
+        "json", "yaml", "html", "css", "sql", "postgres", "mysql", "redis", "nginx", "aws",
+        "azure", "gcp", "npm", "pip", "api", "http", "https", "url", "uuid", "todo", "fixme",
+        "user", "assistant", "system", "human", "bot", "ok", "hi", "hello", "thanks",
+    }
+)  # fmt: skip
+
+
+class GatewaySpacyRecognizer(SpacyRecognizer):
+    """spaCy NER (PERSON, LOCATION, optional NRP/DATE_TIME) with code-aware filters.
+
+    Dropped: entities containing digits or code punctuation (``_/@=<>{}()[]``), all-lowercase
+    entities, names on ``DEFAULT_NER_ALLOW_LIST`` ("Node", "Claude"...), single characters.
+    """
+
+    CODE_CHARS = set("_/@=<>{}()[]\\|#$%^*~`;\":")
+    TITLE_BEFORE = re.compile(r"(?i)\b(?:mr|mrs|ms|miss|dr|prof|sir|madam|dear|name is|named)\.?\s*$")
+
+    def __init__(
+        self, supported_entities: Iterable[str], common_words: frozenset[str] = frozenset()
+    ) -> None:
+        super().__init__(supported_entities=list(supported_entities), ner_strength=0.85)
+        self.common_words = common_words
+
+    def analyze(self, text, entities, nlp_artifacts=None):  # noqa: D102
+        kept = []
+        for r in super().analyze(text, entities, nlp_artifacts):
+            value = text[r.start : r.end].strip()
+            if r.entity_type in ("PERSON", "LOCATION", "NRP") and not self._plausible(value):
+                continue
+            if (
+                r.entity_type == "PERSON"
+                and " " not in value
+                and value.lower() in self.common_words
+                and not self.TITLE_BEFORE.search(text[max(0, r.start - 12) : r.start])
+            ):
+                continue  # "Discipline", "React": a common word, not a name
+            kept.append(r)
+        return kept
+
+    def _plausible(self, value: str) -> bool:
+        if len(value) < 2 or any(c.isdigit() or c in self.CODE_CHARS for c in value):
+            return False
+        if value.lower() in DEFAULT_NER_ALLOW_LIST or not any(c.isupper() for c in value):
+            return False
+        return True
+
+
+_UP = r"\p{Lu}"
+_LOW = r"[\p{Ll}'’\-]"
+#: A title-case name token (any script: "Åsa", "Živković") or an initial ("J", "J.").
+_TITLE_TOKEN = rf"{_UP}{_LOW}+"
+_END = r"(?![\p{L}\p{N}_\-])"
+_TITLE_NAME = rf"{_TITLE_TOKEN}(?:[ \t]+(?:{_UP}\.?(?![\p{{L}}])|{_TITLE_TOKEN})){{0,3}}{_END}"
+#: Lower-case names ("my name is lena andersson"): 1-3 words, middle initials allowed.
+_LOWER_NAME = (
+    r"\p{Ll}[\p{Ll}'’\-]+(?:[ \t]+(?:\p{Ll}\.?(?![\p{L}])|\p{Ll}[\p{Ll}'’\-]+)){0,2}" + _END
+)
+
+
+class NameIntroRecognizer(PatternRecognizer):
+    """Names in a frame that says they are a name ("my name is X", "Mr. X", "Dear X",
+    "name: X", "X said", "said X"): en_core_web_sm misses many unfamiliar names in exactly
+    these frames, and tags some of them LOCATION.
+
+    * strong frames (``my/her/maiden/last name is``, ``call me``, titles, ``Dear``,
+      ``Name:`` as in a form) score 0.9, above spaCy's 0.85, so "Her maiden name is Sandgreen" is a
+      PERSON even when spaCy says GPE; after ``my name is`` / ``call me`` (not ``name:``,
+      which is YAML and code) a lower-case name is accepted too, unless its first word is an
+      English word ("my name is not important");
+    * weaker frames (``called``, sign-offs, ``name:`` (YAML, code), ``contact:``, speech
+      verbs next to a name) score 0.75 and accept title-case names only.
+    """
+
+    STRONG = (
+        r"(?:\b(?i:(?:my|his|her|their|your|the|full|first|last|maiden|middle|sur|given)"
+        r"[ \t]*name(?:[ \t]+is|'s)|call(?:s|ed)?[ \t]+me|dear)"
+        r"|\b(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?|(?<![\w-])Name[ \t]*:)[ \t]+"
+    )
+    LOWER_OK = re.compile(
+        r"\b(?i:(?:my|his|her|their|your|full|first|last|maiden|middle|given)[ \t]*name"
+        r"(?:[ \t]+is|'s)|call(?:s|ed)?[ \t]+me)[ \t]+$"
+    )
+    WEAK = (
+        r"(?:\b(?i:called|sincerely,?|regards,?|signed,?|(?:name|contact|patient|customer|employee)"
+        r"[ \t]*:)|\b(?:said|asked|told|says|replied|wrote|thanked|shouted[ \t]+at))[ \t]+"
+    )
+    PATTERNS = [
+        Pattern("name_intro_strong", STRONG + rf"(?P<name>{_TITLE_NAME}|{_LOWER_NAME})", 0.9),
+        Pattern("name_intro_weak", WEAK + rf"(?P<name>{_TITLE_NAME})", 0.75),
+        # "Jane said", "Jane Doe wrote:" (a sentence-initial name before a speech verb)
+        Pattern(
+            "name_speech",
+            rf"(?:^|(?<=[.!?\n\"“]\s*))(?P<name>{_TITLE_NAME})[ \t]+"
+            r"(?:said|says|asked|replied|wrote|shouted)\b",
+            0.75,
+        ),
+    ]
+
+    def __init__(self, english_words: frozenset[str] = frozenset()) -> None:
+        super().__init__(
+            supported_entity="PERSON",
+            name="NameIntroRecognizer",
+            patterns=[Pattern(p.name, p.regex, p.score) for p in self.PATTERNS],
+            global_regex_flags=re.MULTILINE,
+        )
+        self._rx = [(re.compile(p.regex, re.MULTILINE), p.score) for p in self.PATTERNS]
+        self.english_words = english_words
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # noqa: D102
+        out = []
+        for rx, score in self._rx:
+            for m in rx.finditer(text):
+                start, end = m.span("name")
+                name = text[start:end]
+                if name.lower() in DEFAULT_NER_ALLOW_LIST or name.split()[0].lower() in _NOT_NAMES:
+                    continue
+                if name[0].islower():
+                    first = name.split()[0]
+                    if not self.LOWER_OK.search(text[max(0, start - 40) : start]) or (
+                        first in self.english_words or first in _NOT_NAMES
+                    ):
+                        continue
+                out.append(make_result(self, "PERSON", start, end, score))
+        return out
+
+
+#: Words that follow a name frame without being a name ("Dear Sir", "called The...").
+_NOT_NAMES = frozenset(
+    """sir madam madame all team everyone customer customers colleagues friends friend the a an
+    this that these those it its not no none is was be just here there what who me you he she
+    they we i my your his her our their unknown redacted n/a na""".split()
+)
+
+
+_ORG_WORDS = frozenset(
+    """inc corp corporation llc ltd co company group bank university college school institute
+    foundation association council department agency committee club society partners holdings
+    technologies technology systems solutions labs lab services international industries
+    orchestra band records studios studio news times weekly daily journal magazine press
+    airlines motors pharmaceuticals capital ventures fund trust church hospital clinic center
+    centre museum library council ministry office team league union party cloud code studio
+    platform api sdk project program programme release initiative""".split()
+)
+_ORG_NAME_TOKEN = re.compile(r"^[A-Z][a-zà-ÿ'’\-]+$|^[A-Z]\.?$")
+
+
+def person_from_org(doc, ent):
+    """en_core_web_sm labels many unfamiliar person names ORG ("Tomomi Nishiyama",
+    "Miklós Hajdu"). Relabel an ORG as PERSON when it is 2-3 title-case words (initials
+    allowed) with no organisation word (Inc, Bank, University, Studio, Cloud...)."""
+    if ent.label_ != "ORG":
+        return ent
+    tokens = [t for t in ent if not t.is_space]
+    words = [t.text for t in tokens]
+    if not 2 <= len(words) <= 3 or not all(_ORG_NAME_TOKEN.match(w) for w in words):
+        return ent
+    if any(w.lower().strip(".") in _ORG_WORDS for w in words) or not _ORG_NAME_TOKEN.match(words[-1]):
+        return ent
+    if len(words[-1].rstrip(".")) < 2:
+        return ent
+    return Span(doc, tokens[0].i, tokens[-1].i + 1, label="PERSON")
+

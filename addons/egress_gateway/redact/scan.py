@@ -1,0 +1,124 @@
+"""Scanning one message (pure, no flow access; runs on a worker): plan, redact, rebuild, decide."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from egress_gateway.net import codecs
+from egress_gateway.redact import bodies
+from egress_gateway.redact.settings import DirectionRules
+from egress_gateway.redact.walker import TextJob
+
+INLINE_MAX_BYTES = 64 * 1024  # larger messages always go to the pool (parsing takes time)
+DEFAULT_BODY_LIMIT = 10 * 1024 * 1024
+DEFAULT_WORKERS = 2
+DEFAULT_TIMEOUT = 30.0
+
+
+class CacheMiss(Exception):
+    """A text is not in the findings cache: the message needs the worker pool."""
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    body_limit: int = DEFAULT_BODY_LIMIT
+    workers: int = DEFAULT_WORKERS
+    timeout: float = DEFAULT_TIMEOUT
+
+
+def parse_options(body_limit, workers, timeout) -> ScanOptions:
+    """Validate the addon's options; raise ValueError naming the bad one."""
+    if not isinstance(body_limit, int) or body_limit < 1024:
+        raise ValueError(f"gateway_body_limit must be at least 1024 bytes, got {body_limit!r}")
+    if not isinstance(workers, int) or not 1 <= workers <= 64:
+        raise ValueError(f"gateway_scan_workers must be between 1 and 64, got {workers!r}")
+    try:
+        timeout = float(timeout)
+    except (TypeError, ValueError):
+        raise ValueError(f"gateway_scan_timeout must be a number of seconds, got {timeout!r}") from None
+    if not 0 < timeout <= 3600:
+        raise ValueError(f"gateway_scan_timeout must be > 0 and <= 3600 seconds, got {timeout!r}")
+    return ScanOptions(body_limit, workers, float(timeout))
+
+
+# --- the work done on a worker thread ---------------------------------------------------------------
+@dataclass
+class Outcome:
+    """What scanning one message decided. Never holds found values, only counts and types."""
+
+    body: bytes | None = None  # new raw body; None: forward the original bytes
+    query: str | None = None  # new query string; None: unchanged
+    path: str | None = None  # new URL path (without the query); None: unchanged
+    text: str | None = None  # new WebSocket text; None: unchanged
+    counts: Counter = field(default_factory=Counter)
+    refusal: tuple[str, str, dict] | None = None  # (code, reason, details)
+    unscanned: str | None = None  # why (part of) the message was passed unscanned
+    notes: list[str] = field(default_factory=list)
+
+
+def policy_refusal(what: str, action: str, code: str, reason: str, out: Outcome) -> Outcome | None:
+    if action == "block":
+        out.refusal = (code, reason, {})
+        return out
+    out.unscanned = f"{what}: {reason}"
+    return None
+
+
+def blocked_refusal(blocked: set[str]) -> tuple[str, str, dict]:
+    """The refusal for a message carrying entities whose operator is ``block`` (types only)."""
+    names = sorted(blocked)
+    return ("sensitive_data", f"the message carries data the policy blocks: {', '.join(names)}",
+            {"entities": names})
+
+
+def scan_message(raw: bytes | None, content_type: str | None, content_encoding: str | None,
+                 query: str | None, rules: DirectionRules, limit: int,
+                 redact_many: Callable, path: str | None = None) -> Outcome:
+    """Plan, redact and rebuild one HTTP message (pure: no flow access; runs on a worker)."""
+    out = Outcome()
+    job = TextJob()
+    opts = bodies.Options(scope=rules.scope(), unsupported=rules.unsupported)
+    qfinish = bodies.plan_urlencoded(job, query, opts) if query else None
+    pfinish = bodies.plan_path(job, path) if path else None
+    bplan = None
+    if raw is None:  # streamed: the body never passes through the gateway's hooks
+        if policy_refusal("too_large", rules.too_large, "too_large",
+                           "the body is streamed and cannot be scanned", out):
+            return out
+    else:
+        try:
+            bplan = bodies.plan_body(job, raw, content_type, content_encoding, limit, opts)
+        except codecs.TooLarge as e:
+            if policy_refusal("too_large", rules.too_large, "too_large", str(e), out):
+                return out
+        except bodies.Unsupported as e:
+            if policy_refusal("unsupported", rules.unsupported, "unsupported_content", str(e), out):
+                return out
+    job.run(redact_many)
+    out.counts = job.counts
+    out.notes = opts.notes
+    if job.blocked:
+        out.refusal = blocked_refusal(job.blocked)
+        return out
+    if qfinish is not None:
+        out.query = qfinish()
+    if pfinish is not None:
+        out.path = pfinish()
+    if bplan is not None:
+        out.body = bplan.finish()
+    return out
+
+
+def scan_ws_text(text: str, rules: DirectionRules, redact_many: Callable) -> Outcome:
+    out = Outcome()
+    job = TextJob()
+    node = job.add_text(text, rules.scope())
+    job.run(redact_many)
+    out.counts = job.counts
+    if job.blocked:
+        out.refusal = blocked_refusal(job.blocked)
+        return out
+    out.text = job.result(node)
+    return out
