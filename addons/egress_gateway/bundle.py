@@ -1,4 +1,10 @@
-"""The gateway's addons, in hook order. `addons/gateway.py` exposes this list to mitmproxy."""
+"""The gateway's addons in hook order, their explicit links, and which addon acts in which hook.
+
+`addons/gateway.py` exposes `make_addons()` to mitmproxy. mitmproxy calls a hook on every addon
+in list order, so the order is the design: who sees a flow first, who sees its final form.
+Addons reach the peers they need through the references given here; nothing is looked up by
+name. `HOOKS` below says what each addon does in each hook (tests check it against the code).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +16,107 @@ from egress_gateway.recording.addon import Recorder
 from egress_gateway.redact.addon import Redactor
 from egress_gateway.session import Session
 
+# addon class -> {hook: what it does there}, in the order of the bundle. (The readiness gate,
+# added by the core to mitmproxy's own chain so that it outlives the script, refuses every
+# request, CONNECT, dial and stream while the gateway is not ready.)
+HOOKS: dict[str, dict[str, str]] = {
+    "Core": {
+        "load": "declares gateway_policy, gateway_audit_log, gateway_audit_hmac_env; installs the gate",
+        "configure": "loads and compiles the policy, checks exposure, opens and keys the audit log",
+        "running": "opens the gate, turns the proxy server on, watches the policy file",
+        "client_disconnected": "forgets the connection's CONNECT state",
+        "done": "closes the gate",
+    },
+    "Session": {
+        "http_connect": "takes the session from the CONNECT's Proxy-Authorization",
+        "requestheaders": "assigns the session; strips the identity headers",
+        "request": "strips the identity headers again (an addon may have put them back)",
+    },
+    "CredentialGuard": {
+        "http_connect": "refuses placeholders or real secrets in a CONNECT",
+        "requestheaders": "refuses leaks in headers and URL before anything awaits",
+        "request": "refuses leaks in the body; scrubs real values",
+        "responseheaders": "scrubs echoed secrets from headers; wraps streams with a scrubber",
+        "response": "scrubs echoed secrets from the body",
+        "websocket_message": "drops agent messages carrying a credential",
+    },
+    "Egress": {
+        "client_connected": "refuses clients outside clients.allow",
+        "http_connect": "checks the CONNECT target; remembers it",
+        "requestheaders": "checks every identity of the request (URL, Host, :authority, SNI)",
+        "request": "checks again, then resolves and checks the address",
+        "next_layer": "reads the SNI of TLS passed through unread",
+        "server_connect": "the backstop: checks every dial of every protocol, pins the address",
+        "server_connected": "restores the requested name as the connection's address",
+        "server_connect_error": "forgets the pinned address",
+        "dns_request": "refuses lookups of names off the allowlist (DNS mode)",
+    },
+    "Redactor": {
+        "load": "declares gateway_body_limit, gateway_scan_workers, gateway_scan_timeout",
+        "configure": "starts the scan pool; builds the policy's detection engines",
+        "requestheaders": "refuses a declared over-limit body before it is buffered",
+        "request": "redacts the request's body, query and path",
+        "responseheaders": "wraps server-sent events with the streaming redactor",
+        "response": "redacts the response body (or closes a redacted stream)",
+        "error": "closes a redacted stream that failed",
+        "websocket_message": "redacts or drops each WebSocket message",
+        "tcp_start": "refuses raw TCP (unscannable) unless the policy passes it",
+        "udp_start": "refuses raw UDP (unscannable) unless the policy passes it",
+        "done": "stops the scan pool",
+    },
+    "Approvals": {
+        "configure": "guards security options and mitmweb's commands",
+        "running": "knows whether a reviewer can exist (mitmweb)",
+        "requestheaders": "keeps a request a rule may hold from streaming its body past the hold",
+        "request": "holds matching requests until a reviewer, a timeout or 'unattended' decides",
+        "client_disconnected": "ends the holds of a client that went away",
+        "server_connect": "refuses dials to mitmweb's own port",
+        "done": "denies what is still held",
+    },
+    "CredentialInjector": {
+        "load": "installs the on-the-wire injection (a version-pinned mitmproxy patch)",
+        "configure": "warns that proxy_debug disables injection",
+        "requestheaders": "refuses a bound request whose body streams past inspection",
+        "request": "marks the final request for injection on the wire",
+        "responseheaders": "wraps a streamed answer to an injected request with the scrubber",
+        "error": "forgets the mark",
+    },
+    "Recorder": {
+        "load": "declares the recording options",
+        "configure": "opens the recordings folder",
+        "running": "starts the background fsync",
+        "requestheaders": "refuses every flow while recordings cannot be written",
+        "request": "refuses every flow while recordings cannot be written",
+        "http_connect": "refuses CONNECTs while recordings cannot be written",
+        "http_connected": "records the CONNECT",
+        "http_connect_error": "records a refused CONNECT",
+        "response": "records the flow as it crossed the boundary; writes its audit line",
+        "error": "records a failed flow; writes its audit line",
+        "websocket_end": "records the WebSocket's messages",
+        "tcp_end": "records a raw TCP flow",
+        "tcp_error": "records a failed raw TCP flow",
+        "udp_end": "records a raw UDP flow",
+        "udp_error": "records a failed raw UDP flow",
+        "done": "flushes and closes the recording files",
+    },
+    "AuditCloser": {
+        "done": "closes the audit log after the recorder has written the last lines",
+    },
+}
+
 
 def make_addons() -> list:
     core = Core()
-    # Session first (refusals carry it); the recorder last (it records the final flow and
-    # writes the audit line).
     egress = Egress(core)
-    # Approvals after redaction (it matches on redaction's counts and the reviewer sees redacted
-    # bodies) and before credentials are injected (the reviewer sees placeholders).
     redactor = Redactor(core)
+    # Approvals after redaction (they match on its counts, the reviewer sees redacted bodies, an
+    # edited request is re-scanned by it) and before credentials are injected (the reviewer
+    # sees placeholders).
     approvals = Approvals(core, egress, redactor)
-    # Credentials: the guard before egress (its hooks are synchronous: leaks are refused and
-    # real values scrubbed from the flow before any hook awaits and mitmweb can read the flow;
-    # echoed secrets are scrubbed before any other response hook); the injector after approvals
-    # and redaction, before the recorder (it marks the final request for injection on the wire).
-    addons = [core, Session(core.connections), CredentialGuard(core), egress, redactor,
-              approvals, CredentialInjector(core), Recorder(core), core.closer]  # closer: last
-    return addons
+    # Session first (refusals carry it). Credentials: the guard before egress (its hooks are
+    # synchronous: leaks are refused and real values scrubbed before any hook awaits and mitmweb
+    # can read the flow); the injector after approvals and redaction, before the recorder (it
+    # marks the final request for injection on the wire). The recorder records the final flow
+    # and writes its audit line; the closer closes the audit log after it.
+    return [core, Session(core.connections), CredentialGuard(core), egress, redactor, approvals,
+            CredentialInjector(core), Recorder(core), core.closer]

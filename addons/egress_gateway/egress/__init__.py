@@ -1,0 +1,1 @@
+"""Default-deny egress: the allowlist section, its pure decisions, and the addon checking every identity."""

@@ -126,6 +126,14 @@ class Redactor:
         self.core.require_policy()
         return self.core.compiled["redact"]
 
+    def _scanning(self, flow: http.HTTPFlow, direction: str):
+        """(runtime, rule index, rules) when this direction of `flow` is scanned, else None."""
+        rt = self.runtime()
+        if not rt.enabled:
+            return None
+        idx, rules = rt.for_flow(flow.request.host, flow.request.path, direction)
+        return (rt, idx, rules) if rules.enabled else None
+
     def prewarm(self) -> None:
         """Build the engines of every rule that scans, before the gateway says it is ready."""
         rt = self.runtime()
@@ -186,12 +194,10 @@ class Redactor:
         refuse(flow, "internal_error", reason)
 
     async def _scan_http(self, flow: http.HTTPFlow, direction: str) -> None:
-        rt = self.runtime()
-        if not rt.enabled:
+        scanning = self._scanning(flow, direction)
+        if scanning is None:
             return
-        idx, rules = rt.for_flow(flow.request.host, flow.request.path, direction)
-        if not rules.enabled:
-            return
+        rt, idx, rules = scanning
         msg = flow.request if direction == "request" else flow.response
         query = upath = None
         if direction == "request":
@@ -406,12 +412,10 @@ class Redactor:
             return
         direction = "request" if msg.from_client else "response"
         try:
-            rt = self.runtime()
-            if not rt.enabled:
+            scanning = self._scanning(flow, direction)
+            if scanning is None:
                 return
-            idx, rules = rt.for_flow(flow.request.host, flow.request.path, direction)
-            if not rules.enabled:
-                return
+            rt, idx, rules = scanning
             out = Outcome()
             if not msg.is_text:
                 if policy_refusal("unsupported", rules.unsupported, "unsupported_content",

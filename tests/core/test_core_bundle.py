@@ -1,0 +1,34 @@
+"""bundle.HOOKS says which addon acts in which hook: it must match the addons' code."""
+
+from __future__ import annotations
+
+import mitmproxy.addons.next_layer  # noqa: F401 - registers the next_layer hook
+import mitmproxy.proxy.layers.dns  # noqa: F401
+import mitmproxy.proxy.layers.http  # noqa: F401
+import mitmproxy.proxy.layers.tcp  # noqa: F401
+import mitmproxy.proxy.layers.udp  # noqa: F401
+import mitmproxy.proxy.layers.websocket  # noqa: F401
+import mitmproxy.proxy.server_hooks  # noqa: F401
+from egress_gateway.bundle import HOOKS, make_addons
+from mitmproxy import hooks
+
+
+def implemented(addon) -> set[str]:
+    names = set(hooks.all_hooks) | {"load"}
+    return {h for h in names if callable(getattr(addon, h, None))}
+
+
+def test_hook_table_matches_every_addon():
+    addons = make_addons()
+    assert [type(a).__name__ for a in addons] == list(HOOKS)
+    for addon in addons:
+        assert implemented(addon) == set(HOOKS[type(addon).__name__]), type(addon).__name__
+
+
+def test_every_addon_reaches_its_peers_by_reference():
+    addons = make_addons()
+    core = addons[0]
+    by = {type(a).__name__: a for a in addons}
+    assert by["Approvals"].redactor is by["Redactor"]
+    assert by["Session"].connections is core.connections
+    assert all(getattr(a, "core", core) is core for a in addons)
