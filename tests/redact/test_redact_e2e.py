@@ -85,7 +85,8 @@ def env(tmp_path_factory, confdir, cert_dir):
                {"host": INTERNAL, "ports": [internal.port]},
                {"host": RAW, "ports": [internal.port]}],
         resolve={API: "127.0.0.1", INTERNAL: "127.0.0.1", RAW: "127.0.0.1"},
-        detection={"operators": {"PEM_PRIVATE_KEY": {"type": "block"}}},
+        detection={**yaml.safe_load((REPO / "policies" / "default.yaml").read_text())["detection"],
+                   "operators": {"PEM_PRIVATE_KEY": {"type": "block"}}},
         redact=shipped_redact(API),
     )
     policy_path = work / "policy.yaml"
@@ -134,9 +135,13 @@ def test_anthropic_sdk_messages_call_is_redacted(env):
     assert result["tool_use_id"] == "toolu_01A09q90qw90lq917835lq9"
     assert "<US_SSN>" in result["content"] and "<EMAIL_ADDRESS>" in result["content"]
     assert sent["messages"][1]["content"][0]["input"] == {"email": "<EMAIL_ADDRESS>"}
-    # the agent's own instructions and the control fields, exactly as sent
-    assert sent["system"] == SYSTEM and sent["model"] == MODEL
-    assert sent["tools"][0]["description"] == "Look up a customer by e-mail, e.g. ann@anthropic.com"
+    # the agent's own instructions get patterns without NER: the name stays, the e-mail does not;
+    # the control fields exactly as sent
+    assert sent["system"] == SYSTEM.replace("ann@anthropic.com", "<EMAIL_ADDRESS>")
+    assert sent["model"] == MODEL
+    assert sent["tools"][0]["description"] == "Look up a customer by e-mail, e.g. <EMAIL_ADDRESS>"
+    assert sent["tools"][0]["input_schema"] == {
+        "type": "object", "properties": {"email": {"type": "string"}}}
     # the answer's text is redacted on the way back
     assert msg.content[0].text == "I wrote to <EMAIL_ADDRESS> for you."
     assert msg.model == MODEL and msg.id == "msg_01XFDUDYJgAACzvnptvVoYEL"

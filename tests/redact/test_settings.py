@@ -79,20 +79,113 @@ def test_problems_are_reported(section, problem):
     assert problem in str(e.value)
 
 
-def test_shipped_default_scopes_the_messages_api():
+MESSAGES_MODES = [
+    ("user-text", ("messages", 0, "content", 1, "text"), "prose"),
+    ("string-content", ("messages", 0, "content"), "prose"),
+    ("tool-result", ("messages", 2, "content", 0, "content", 0, "text"), "prose"),
+    ("tool-input", ("messages", 2, "content", 0, "input", "command"), "prose"),
+    ("text-document", ("messages", 0, "content", 0, "source", "content", 0, "text"), "prose"),
+    ("unknown-top-level", ("whatever",), "prose"),
+    ("system-string", ("system",), "instructions"),
+    ("system-block", ("system", 0, "text"), "instructions"),
+    ("system-cache-control", ("system", 0, "cache_control", "type"), "instructions"),
+    ("tool-description", ("tools", 3, "description"), "instructions"),
+    ("tool-schema", ("tools", 3, "input_schema", "properties", "x", "description"),
+     "instructions"),
+    ("tool-name", ("tools", 3, "name"), "instructions"),
+    ("metadata-user", ("metadata", "user_id"), "instructions"),
+    ("stop-sequences", ("stop_sequences", 0), "instructions"),
+    ("mcp-token", ("mcp_servers", 0, "authorization_token"), "instructions"),
+    ("block-name", ("messages", 1, "content", 0, "name"), "instructions"),
+    ("block-cache-control", ("messages", 1, "content", 0, "cache_control", "type"),
+     "instructions"),
+    ("model", ("model",), "format:model"),
+    ("role", ("messages", 1, "role"), "format:word"),
+    ("block-type", ("messages", 1, "content", 0, "type"), "format:word"),
+    ("tool-use-id", ("messages", 1, "content", 0, "id"), "format:id"),
+    ("tool-result-id", ("messages", 2, "content", 0, "tool_use_id"), "format:id"),
+    ("thinking", ("messages", 1, "content", 0, "thinking"), "signed"),
+    ("signature", ("messages", 1, "content", 0, "signature"), "format:base64"),
+    ("redacted-thinking", ("messages", 1, "content", 0, "data"), "format:base64"),
+    ("image-data", ("messages", 0, "content", 0, "source", "data"), "data"),
+    ("nested-image-data", ("messages", 2, "content", 0, "content", 1, "source", "data"), "data"),
+    ("media-type", ("messages", 0, "content", 0, "source", "media_type"), "format:media_type"),
+    ("url-source", ("messages", 0, "content", 0, "source", "url"), "prose"),
+]
+
+
+@pytest.mark.parametrize("path, mode", [c[1:] for c in MESSAGES_MODES],
+                         ids=[c[0] for c in MESSAGES_MODES])
+def test_shipped_messages_rule_scans_every_string_in_its_mode(path, mode):
     p = load_policy(DEFAULT_POLICY)
     idx, req = p.redact.for_flow("api.anthropic.com", "/v1/messages", "request")
-    assert idx >= 0
+    assert idx >= 0 and req.json_paths is None and req.provider == "anthropic"
     scope = req.scope()
-    assert scope.selects(("messages", 0, "content", 1, "text"))
-    assert scope.selects(("messages", 2, "content", 0, "content", 0, "text"))
-    assert scope.selects(("messages", 2, "content", 0, "input", "command"))
-    for path in [("system", 0, "text"), ("tools", 3, "description"), ("model",),
-                 ("metadata", "user_id"), ("messages", 1, "content", 0, "id"),
-                 ("messages", 1, "content", 0, "type"), ("messages", 1, "content", 0, "signature"),
-                 ("messages", 1, "content", 0, "thinking")]:
-        assert not scope.selects(path), path
-    batches = p.redact.for_flow("api.anthropic.com", "/v1/messages/batches", "request")[1]
-    assert batches.json_paths is None  # batch bodies nest messages elsewhere: scan everything
-    other = p.redact.for_flow("api.anthropic.com", "/v1/files", "request")[1]
-    assert other.json_paths is None  # elsewhere: every string value
+    assert scope.selects(path)
+    assert scope.mode_at(path) == mode
+
+
+RULE_PATHS = [
+    ("messages", "/v1/messages", "messages"),
+    ("messages-query", "/v1/messages?beta=true", "messages"),
+    ("count-tokens", "/v1/messages/count_tokens", "messages"),
+    ("batches", "/v1/messages/batches", "batches"),
+    ("batches-encoded", "/v1/messages/%62atches", "batches"),
+    ("batches-double-encoded", "/v1/messages/%2562atches", "batches"),
+    ("batches-dot-segment", "/v1/messages/x/../batches", "batches"),
+    ("batches-double-slash", "/v1//messages//batches", "batches"),
+    ("batch-results", "/v1/messages/batches/msgbatch_01/results", "batches"),
+    ("messages-dot-escape", "/v1/messages/../files", "default"),
+    ("files", "/v1/files", "default"),
+    ("prefix-not-segment", "/v1/messagesx", "default"),
+]
+
+
+@pytest.mark.parametrize("path, rule", [c[1:] for c in RULE_PATHS], ids=[c[0] for c in RULE_PATHS])
+def test_shipped_rules_match_the_normalised_path(path, rule):
+    p = load_policy(DEFAULT_POLICY)
+    idx, req = p.redact.for_flow("api.anthropic.com", path, "request")
+    got = "default" if idx < 0 else ("batches" if req.fields == {} else "messages")
+    assert got == rule
+    if rule == "batches":
+        assert req.json_paths is None and req.provider == "anthropic"
+    if rule == "default":
+        assert req.json_paths is None and not req.fields and req.provider is None
+
+
+def test_shipped_response_rule_scans_every_field():
+    p = load_policy(DEFAULT_POLICY)
+    _, resp = p.redact.for_flow("api.anthropic.com", "/v1/messages", "response")
+    scope = resp.scope()
+    assert resp.json_paths is None
+    cases = {("content", 0, "text"): "prose", ("content", 0, "input", "q"): "prose",
+             ("stop_sequence",): "prose", ("usage", "service_tier"): "prose",
+             ("content", 0, "citations", 0, "cited_text"): "prose",
+             ("delta", "partial_json"): "prose", ("model",): "format:model",
+             ("message", "model"): "format:model", ("content", 0, "thinking"): "signed",
+             ("delta", "thinking"): "signed", ("delta", "signature"): "format:base64",
+             ("content_block", "id"): "format:id", ("content", 0, "name"): "instructions"}
+    for path, mode in cases.items():
+        assert scope.selects(path) and scope.mode_at(path) == mode, path
+
+
+FIELD_PROBLEMS = [
+    ("unknown-mode", "{x: loud}", "unknown field mode 'loud'"),
+    ("unknown-format", "{x: 'format:ssn'}", "unknown format 'ssn'"),
+    ("bad-path", "{'a[': prose}", "a["),
+    ("not-a-map", "[x]", "fields"),
+]
+
+
+@pytest.mark.parametrize("fields, problem", [c[1:] for c in FIELD_PROBLEMS],
+                         ids=[c[0] for c in FIELD_PROBLEMS])
+def test_field_modes_are_validated_at_load(fields, problem):
+    with pytest.raises(PolicyError) as e:
+        policy(f"redact:\n  rules: [{{hosts: [a.example.com], request: {{fields: {fields}}}}}]\n")
+    assert problem in str(e.value) and "redact.rules[0].request.fields" in str(e.value)
+
+
+def test_provider_key_is_validated():
+    with pytest.raises(PolicyError) as e:
+        policy("redact:\n  request: {provider: openai}\n")
+    assert "redact.request.provider" in str(e.value)

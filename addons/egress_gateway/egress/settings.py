@@ -78,11 +78,27 @@ class EgressSettings(_Model):
         "refused (decision 'would_block'), refuse nothing.",
     )
     allow: list[AllowRule] = Field(default_factory=list, description="The allowlist.")
+    provider_fetch: list[str] = Field(
+        default_factory=list,
+        description="Hosts (exact or '*.domain', as in allow) the model provider's servers may "
+        "fetch for the agent: mcp_servers[].url, url sources, server tools' allowed_domains. "
+        "Empty: none (see 'Egress through the model provider' in policies/README.md).",
+    )
+    provider_tools: list[Literal["web_search", "web_fetch"]] = Field(
+        default_factory=list,
+        description="Server tools that fetch URLs the provider chooses, allowed only with "
+        "allowed_domains inside provider_fetch. Empty: requests enabling them are refused.",
+    )
     resolve: dict[str, str] = Field(
         default_factory=dict,
         description="Pinned name -> address, like curl --resolve. Trusted: used without DNS and "
         "allowed even when private. The name must still be on the allowlist.",
     )
+
+    @field_validator("provider_fetch")
+    @classmethod
+    def _check_fetch(cls, v: list[str]) -> list[str]:
+        return [hosts.validate_host_glob(h) for h in v]
 
     @field_validator("resolve")
     @classmethod

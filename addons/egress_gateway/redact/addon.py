@@ -215,14 +215,18 @@ class Redactor:
         limit = self.options.body_limit
         ct, ce = msg.headers.get("content-type"), msg.headers.get("content-encoding")
 
+        provider = rt.provider if direction == "request" else None
+
         def work() -> Outcome:
             engine = rt.engine(idx, direction)
             with deadline(self.options.timeout):  # the worker stops too, not only the wait
                 return scan_message(raw, ct, ce, query, rules, limit,
-                                    lambda texts: engine.redact_many(texts, session=session), upath)
+                                    lambda texts, **kw: engine.redact_many(
+                                        texts, session=session, **kw), upath, provider)
 
         t0 = time.perf_counter()
-        out = self._scan_inline(rt.engine(idx, direction), rules, raw, ct, ce, query, session, upath)
+        out = self._scan_inline(rt.engine(idx, direction), rules, raw, ct, ce, query, session,
+                                upath, provider)
         if out is None:
             out = await self._run(work)
         ms = round((time.perf_counter() - t0) * 1000, 1)
@@ -244,7 +248,8 @@ class Redactor:
             if "transfer-encoding" not in msg.headers or "content-length" in msg.headers:
                 msg.headers["content-length"] = str(len(out.body))
 
-    def _scan_inline(self, engine, rules, raw, ct, ce, query, session, upath=None):
+    def _scan_inline(self, engine, rules, raw, ct, ce, query, session, upath=None,
+                     provider=None):
         """A small message whose texts are all cached (or that has none) is finished on the
         event loop: a thread-pool round trip costs more than the work. None: use the pool."""
         if raw is not None and len(raw) > INLINE_MAX_BYTES or ce:
@@ -253,15 +258,15 @@ class Redactor:
         if cached is None:
             return None
 
-        def cached_only(texts):
-            results = cached(texts, session=session)
+        def cached_only(texts, **kw):
+            results = cached(texts, session=session, **kw)
             if results is None:
                 raise CacheMiss
             return results
 
         try:
             return scan_message(raw, ct, ce, query, rules, self.options.body_limit, cached_only,
-                                upath)
+                                upath, provider)
         except CacheMiss:
             return None
 
@@ -362,7 +367,8 @@ class Redactor:
 
             def redact_data(data: str):
                 return bodies.redact_sse_data(
-                    data, lambda texts: engine.redact_many(texts, session=session), scope)
+                    data, lambda texts, **kw: engine.redact_many(texts, session=session, **kw),
+                    scope)
 
             self._streams[flow.id] = stream = StreamRedactor(engine.analyze, apply, redact_data)
             resp.stream = stream
@@ -434,8 +440,8 @@ class Redactor:
 
             def work() -> Outcome:
                 engine = rt.engine(idx, direction)
-                return scan_ws_text(text, rules,
-                                    lambda texts: engine.redact_many(texts, session=session))
+                return scan_ws_text(text, rules, lambda texts, **kw: engine.redact_many(
+                    texts, session=session, **kw))
 
             out = await self._run(work)
             self._record(flow, direction, out)

@@ -283,7 +283,11 @@ def redact_sse_data(data: str, redact_many: Callable, scope: Scope = EVERYTHING
     node = job.add_text(data, scope)
     job.run(redact_many)
     new = job.result(node)
-    return (data if new is None else new), dict(job.counts), set(job.blocked)
+    blocked = set(job.blocked)
+    if job.refused:  # a signed or fixed-format field carried something: the stream is cut
+        blocked |= {f"{e} in a signed or fixed-format field" for e in job.refused_entities} \
+            or {"a value out of its field's format"}
+    return (data if new is None else new), dict(job.counts), blocked
 
 
 def plan_sse(job: TextJob, data: bytes, charset: str | None, opts: Options) -> Finish:

@@ -15,6 +15,10 @@ element of a list), ``[N]`` (element N), ``["..."]`` (a quoted key, JSON string 
 
 Matching is incremental (`Scope.child`): a walker carries a small state per node, so subtrees
 that can no longer match are pruned without being looked at.
+
+A scope may also carry *field modes* (``fields``: an ordered list of ``(path, mode)``): a string
+takes the mode of the first listed path that names it or one of its ancestors (`Scope.mode`);
+strings no path names take ``prose``. The modes themselves are defined in ``redact/fields.py``.
 """
 
 from __future__ import annotations
@@ -102,27 +106,57 @@ def _matches(token: tuple[str, object], seg: str | int) -> bool:
 @dataclass(frozen=True, slots=True)
 class State:
     """Where a node stands: `selected` (scan it and all below), `skipped` (prune it), or still
-    undecided with the positions reached in each scan / skip pattern."""
+    undecided with the positions reached in each scan / skip pattern; `mode` is the index of the
+    field path deciding its mode so far (-1: none) and `fields` the positions reached in the field
+    paths that could still override it."""
 
     selected: bool
     skipped: bool
     scan: frozenset
     skip: frozenset
+    mode: int = -1
+    fields: frozenset = frozenset()
 
     @property
     def dead(self) -> bool:
         """Nothing at or below this node can be scanned."""
         return self.skipped or (not self.selected and not self.scan)
 
+    @property
+    def final(self) -> bool:
+        """Every node below has this node's state (nothing left to decide per node)."""
+        return self.dead or (self.selected and not self.skip and not self.fields)
+
 
 class Scope:
     """Which nodes of a JSON document to scan: `scan` paths (None: the whole document) minus
     `skip` paths."""
 
-    def __init__(self, scan: list[str] | None = None, skip: list[str] | None = None) -> None:
+    def __init__(self, scan: list[str] | None = None, skip: list[str] | None = None,
+                 fields: list[tuple[str, str]] | None = None) -> None:
         self.scan_paths = [parse_path(p) for p in scan] if scan is not None else None
         self.skip_paths = [parse_path(p) for p in (skip or [])]
-        self.everything = self.scan_paths is None and not self.skip_paths
+        self.field_labels = [p for p, _ in fields or []]
+        self.field_modes = [m for _, m in fields or []]
+        self.field_paths = [parse_path(p) for p in self.field_labels]
+        self.everything = self.scan_paths is None and not self.skip_paths and not self.field_paths
+
+    def mode(self, st: State) -> str:
+        """The field mode of a node (``prose`` where no field path names it)."""
+        return self.field_modes[st.mode] if st.mode >= 0 else "prose"
+
+    def label(self, st: State) -> str:
+        """The field path that decided a node's mode ('' where none did)."""
+        return self.field_labels[st.mode] if st.mode >= 0 else ""
+
+    def _fields(self, states, mode: int) -> tuple[int, frozenset]:
+        """(deciding field index, positions still able to override it) after a step."""
+        full = [i for i, p in states if p == len(self.field_paths[i])]
+        if full and (mode < 0 or min(full) < mode):
+            mode = min(full)
+        if mode >= 0:
+            states = {(i, p) for i, p in states if i < mode}
+        return mode, frozenset(states)
 
     def _closure(self, patterns, states) -> set:
         out = set(states)
@@ -153,24 +187,27 @@ class Scope:
         skip = frozenset(self._closure(self.skip_paths, {(i, 0) for i in range(len(self.skip_paths))}))
         if self._full(self.skip_paths, skip):
             return State(False, True, frozenset(), frozenset())
+        fstart = self._closure(self.field_paths, {(i, 0) for i in range(len(self.field_paths))})
+        mode, fields = self._fields(fstart, -1)
         if self.scan_paths is None:
-            return State(True, False, frozenset(), skip)
+            return State(True, False, frozenset(), skip, mode, fields)
         scan = frozenset(self._closure(self.scan_paths, {(i, 0) for i in range(len(self.scan_paths))}))
-        return State(self._full(self.scan_paths, scan), False, scan, skip)
+        return State(self._full(self.scan_paths, scan), False, scan, skip, mode, fields)
 
     def child(self, parent: State, seg: str | int) -> State:
         """The state of the child `seg` (object key or list index) of a node in `parent`."""
-        if parent.dead:
-            return parent
-        if parent.selected and not parent.skip:
-            return parent  # everything below is scanned: no more work per node
+        if parent.final:
+            return parent  # everything below is scanned alike: no more work per node
         skip = self._step(self.skip_paths, parent.skip, seg) if parent.skip else frozenset()
         if skip and self._full(self.skip_paths, skip):
             return State(False, True, frozenset(), frozenset())
+        mode, fields = parent.mode, parent.fields
+        if fields:
+            mode, fields = self._fields(self._step(self.field_paths, fields, seg), mode)
         if parent.selected:
-            return State(True, False, frozenset(), skip)
+            return State(True, False, frozenset(), skip, mode, fields)
         scan = self._step(self.scan_paths, parent.scan, seg)
-        return State(self._full(self.scan_paths, scan), False, scan, skip)
+        return State(self._full(self.scan_paths, scan), False, scan, skip, mode, fields)
 
     def selects(self, path: list[str | int] | tuple) -> bool:
         """Whether the node at `path` (keys and indices from the root) is scanned."""
@@ -178,6 +215,13 @@ class Scope:
         for seg in path:
             st = self.child(st, seg)
         return st.selected and not st.skipped
+
+    def mode_at(self, path: list[str | int] | tuple) -> str:
+        """The field mode of the node at `path` (keys and indices from the root)."""
+        st = self.root()
+        for seg in path:
+            st = self.child(st, seg)
+        return self.mode(st)
 
 
 EVERYTHING = Scope()

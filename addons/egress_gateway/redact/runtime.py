@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from egress_gateway.redact.provider import ProviderPolicy
 from egress_gateway.redact.settings import DirectionRules, RedactSettings
 
 DIRECTIONS = ("request", "response")
@@ -26,6 +27,7 @@ class RedactRuntime:
 
             detection = DetectionSettings()
         self.detection = detection
+        self.provider = ProviderPolicy.from_egress(getattr(policy, "egress", None))
         self._factory = engine_factory
         rules = self.settings.rules
         self.merged: dict[tuple[int, str], DirectionRules] = {

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from egress_gateway.net import codecs
 from egress_gateway.redact import bodies
+from egress_gateway.redact import provider as provider_check
+from egress_gateway.redact.provider import ProviderPolicy
 from egress_gateway.redact.settings import DirectionRules
 from egress_gateway.redact.walker import TextJob
 
@@ -73,12 +75,54 @@ def blocked_refusal(blocked: set[str]) -> tuple[str, str, dict]:
             {"entities": names})
 
 
+def field_refusal(refused: list[tuple[str, str]], entities: set[str]) -> tuple[str, str, dict]:
+    """The refusal for signed or fixed-format fields that carried something (never values)."""
+    names = sorted({f or "(unnamed)" for f, _ in refused})
+    why = "; ".join(f"{f or '(unnamed)'}: {w}" for f, w in refused[:5])
+    details: dict = {"fields": names}
+    if entities:
+        details["entities"] = sorted(entities)
+    return ("sensitive_data", "fields that cannot be rewritten (signed or of a fixed format) "
+            f"carry something else: {why}", details)
+
+
+def provider_fetches(job: TextJob, raw: bytes, content_type: str | None,
+                     content_encoding: str | None, limit: int,
+                     provider: ProviderPolicy) -> tuple[str, str, dict] | None:
+    """Check what a model-provider request makes the provider fetch (`redact/provider.py`):
+    the refusal, or None after adding each allowed URL's decoded parts to `job` (signed: a
+    finding there refuses)."""
+    if not raw:
+        return None
+    try:
+        data = codecs.decode(raw, codecs.parse_encodings(content_encoding), limit)
+        if bodies.content_kind(content_type, data) != "json":
+            raise ValueError("not JSON")
+        doc = provider_check.parse(data.decode("utf-8"))
+    except (ValueError, codecs.TooLarge):
+        return ("unsupported_content", "the body of a model-provider request must be JSON the "
+                "gateway can check for fetches by the provider", {})
+    try:
+        for field, text in provider_check.check(doc, provider):
+            job.add_signed(text, field)
+    except provider_check.ProviderRefusal as e:
+        return ("blocked", str(e), {"field": e.field})
+    return None
+
+
 def scan_message(raw: bytes | None, content_type: str | None, content_encoding: str | None,
                  query: str | None, rules: DirectionRules, limit: int,
-                 redact_many: Callable, path: str | None = None) -> Outcome:
-    """Plan, redact and rebuild one HTTP message (pure: no flow access; runs on a worker)."""
+                 redact_many: Callable, path: str | None = None,
+                 provider: ProviderPolicy | None = None) -> Outcome:
+    """Plan, redact and rebuild one HTTP message (pure: no flow access; runs on a worker).
+    `provider`: the policy's provider-fetch lists, checked where the rules name a provider."""
     out = Outcome()
     job = TextJob()
+    if rules.provider and raw and provider is not None:  # requests only
+        refusal = provider_fetches(job, raw, content_type, content_encoding, limit, provider)
+        if refusal is not None:
+            out.refusal = refusal
+            return out
     opts = bodies.Options(scope=rules.scope(), unsupported=rules.unsupported)
     qfinish = bodies.plan_urlencoded(job, query, opts) if query else None
     pfinish = bodies.plan_path(job, path) if path else None
@@ -102,6 +146,9 @@ def scan_message(raw: bytes | None, content_type: str | None, content_encoding: 
     if job.blocked:
         out.refusal = blocked_refusal(job.blocked)
         return out
+    if job.refused:
+        out.refusal = field_refusal(job.refused, job.refused_entities)
+        return out
     if qfinish is not None:
         out.query = qfinish()
     if pfinish is not None:
@@ -119,6 +166,9 @@ def scan_ws_text(text: str, rules: DirectionRules, redact_many: Callable) -> Out
     out.counts = job.counts
     if job.blocked:
         out.refusal = blocked_refusal(job.blocked)
+        return out
+    if job.refused:
+        out.refusal = field_refusal(job.refused, job.refused_entities)
         return out
     out.text = job.result(node)
     return out

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from egress_gateway.detection.settings import DetectionSettings, OperatorSpec
 from egress_gateway.net import hosts, urlpath
+from egress_gateway.redact.fields import parse_mode
 from egress_gateway.redact.jsonpath import Scope, parse_path
 
 Action = Literal["pass", "block"]
@@ -61,6 +62,19 @@ class DirectionRules(_Model):
         default_factory=list,
         description="Parts of JSON bodies never scanned, even inside json_paths.",
     )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON path -> field mode (see 'Field modes' in policies/README.md): prose "
+        "(default), instructions (no NER), signed (never rewritten; a finding refuses), "
+        "format:<name> (anything else refuses), skip. A string takes the mode of the first "
+        "listed path naming it or one of its ancestors.",
+    )
+    provider: Literal["anthropic"] | None = Field(
+        None,
+        description="The body is a request to this model provider's API: URLs its servers would "
+        "fetch (mcp_servers, url sources) and server tools (web search, web fetch) are checked "
+        "against egress.provider_fetch / egress.provider_tools (requests only).",
+    )
     query: bool = Field(True, description="Scan URL query values (requests only).")
     path: bool = Field(True, description="Scan URL path segments (requests only): each segment "
                        "is percent-decoded and scanned; found values are replaced and re-encoded.")
@@ -82,8 +96,20 @@ class DirectionRules(_Model):
             parse_path(p)
         return v
 
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for path, mode in v.items():
+            parse_path(path)
+            try:
+                out[path] = parse_mode(mode)
+            except ValueError as e:
+                raise ValueError(f"fields[{path!r}]: {e}") from None
+        return out
+
     def scope(self) -> Scope:
-        return Scope(self.json_paths, self.skip_json_paths)
+        return Scope(self.json_paths, self.skip_json_paths, list(self.fields.items()))
 
     def detection(self, base: DetectionSettings) -> DetectionSettings:
         """The detection settings for this direction: `base` with entities/operators applied."""
@@ -107,6 +133,7 @@ class ResponseRules(DirectionRules):
     )
     query: bool = Field(False, description="Not used for responses.")
     path: bool = Field(False, description="Not used for responses.")
+    provider: Literal["anthropic"] | None = Field(None, description="Not used for responses.")
 
 
 class RedactRule(_Model):
@@ -118,7 +145,8 @@ class RedactRule(_Model):
     )
     paths: list[str] = Field(
         default_factory=list,
-        description="URL path prefixes (e.g. /v1/messages); empty: every path.",
+        description="URL path prefixes (e.g. /v1/messages), matched on the normalised path the "
+        "upstream will see (percent-decoded, no dot segments or '//'); empty: every path.",
     )
     request: DirectionRules | None = Field(
         None, description="Keys of redact.request to override for these hosts (others inherited)."
@@ -140,7 +168,12 @@ class RedactRule(_Model):
     def matches(self, host: str, path: str) -> bool:
         if not any(hosts.host_matches(h, host) for h in self.hosts):
             return False
-        return not self.paths or urlpath.under_any_prefix(self.paths, path)
+        if not self.paths:
+            return True
+        # Only the normalised form: a rule may narrow the scan, so a raw spelling must not pick
+        # a narrower rule than the path the upstream resolves (/v1/messages/%62atches).
+        norm = urlpath.normalize_path(path)
+        return any(urlpath.under_prefix(p, norm) for p in self.paths)
 
 
 class RedactSettings(_Model):

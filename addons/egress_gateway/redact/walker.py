@@ -12,7 +12,11 @@ that is an API response) is walked as JSON too, and its paths continue from the 
 
 `TextJob` collects texts and JSON documents from any part of a message (JSON body, form values,
 query values, SSE event data, WebSocket messages), redacts all their strings with one
-``redact_many`` call (one batched NER pass), and gives back the rewritten pieces.
+``redact_many`` call per analysis kind (one batched NER pass), and gives back the rewritten
+pieces. Each JSON string is analysed as its field mode says (``redact/fields.py``): ``prose``
+strings in one call, strings analysed without NER in a second ``redact_many(texts, prose=False)``
+call; ``signed`` and fixed-format strings are never rewritten, a finding there (or a value not in
+its format) is listed in ``refused``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from egress_gateway.redact import fields
 from egress_gateway.redact.jsonpath import EVERYTHING, Scope, State
 
 #: JSON encoded inside JSON strings is walked up to this many levels deep.
@@ -102,7 +107,7 @@ def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None
                 if stack:
                     top = stack[-1]
                     parent = top[1]
-                    if parent.dead or (parent.selected and not parent.skip):
+                    if parent.final:
                         st = parent
                     else:
                         st = child(parent, top[2] if top[0] else top[3])
@@ -120,7 +125,7 @@ def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None
                 top = stack[-1]
                 st = top[1]
                 # Keys are decoded only where the scope still has to decide something.
-                top[2] = None if st.dead or (st.selected and not st.skip) else decode_string(tok)
+                top[2] = None if st.final else decode_string(tok)
                 expect = _COLON
                 continue
             if kind == "p" and tok == "}" and expect == _KEY_OR_CLOSE:
@@ -193,20 +198,37 @@ class TextJob:
 
     ``h = job.add_text(s)`` / ``h = job.add_json(s, scope)``; ``job.run(redact_many)``;
     ``job.result(h)`` is the new text, or None when nothing in it changed. ``counts`` (per entity)
-    and ``blocked`` (entities whose operator is ``block``) cover everything the job scanned.
+    and ``blocked`` (entities whose operator is ``block``) cover everything the job rewrote;
+    ``refused`` lists ``(field, why)`` for signed and fixed-format fields that carried something
+    (types only, never values) and ``refused_entities`` the entity types found there.
     """
 
     def __init__(self) -> None:
         self.texts: list[str] = []
+        self.kinds: list[str] = []  # per text: prose | plain | signed (fields.check)
+        self.labels: list[str] = []  # per text: the field path that chose its mode
         self._results: list = []
         self.counts: Counter = Counter()
         self.blocked: set[str] = set()
+        self.refused: list[tuple[str, str]] = []
+        self.refused_entities: set[str] = set()
         self.json_leaves = 0
 
     # -- collecting ----------------------------------------------------------------------
+    def _add(self, value: str, kind: str = "prose", label: str = "") -> _Str:
+        node = _Str(value, index=len(self.texts))
+        self.texts.append(value)
+        self.kinds.append(kind)
+        self.labels.append(label)
+        return node
+
     def _string(self, value: str, scope: Scope, state: State, depth: int) -> _Str | None:
+        mode = scope.mode(state)
+        if mode == fields.SKIP:
+            return None
         node = _Str(value)
-        if depth < MAX_ENCODED_DEPTH and looks_like_json(value):
+        if depth < MAX_ENCODED_DEPTH and mode in (fields.PROSE, fields.INSTRUCTIONS) \
+                and looks_like_json(value):
             try:
                 node.doc = self._doc(value, scope, state, depth + 1)
                 return node
@@ -214,9 +236,21 @@ class TextJob:
                 pass
         if not state.selected:
             return None  # only JSON inside it could have been in scope
-        node.index = len(self.texts)
-        self.texts.append(value)
-        return node
+        try:
+            how = fields.check(mode, value)
+        except ValueError as e:
+            self.refused.append((scope.label(state), str(e)))
+            return None
+        if how is None:
+            return None  # base64 data, skipped: forwarded as it is
+        if how[0] == "signed":  # analysed (maybe in a normalised form), never rewritten
+            self._add(how[1], "signed", scope.label(state))
+            return None
+        return self._add(value, how[0], scope.label(state))
+
+    def add_signed(self, text: str, label: str) -> None:
+        """A text analysed without NER and never rewritten: a finding refuses (``refused``)."""
+        self._add(text, "signed", label)
 
     def _doc(self, text: str, scope: Scope, root: State | None, depth: int) -> _Doc:
         spans = string_spans(text, scope, root)
@@ -236,20 +270,34 @@ class TextJob:
                 return _Str(text, doc=self._doc(text, scope, scope.root(), 1))
             except JsonError:
                 pass
-        node = _Str(text, index=len(self.texts))
-        self.texts.append(text)
-        return node
+        return self._add(text)
 
     def add_json(self, text: str, scope: Scope = EVERYTHING) -> _Str:
         """A JSON document (raises JsonError if it is not one): its scoped string values."""
         return _Str(text, doc=self._doc(text, scope, None, 1))
 
     # -- redacting -----------------------------------------------------------------------
-    def run(self, redact_many: Callable[[list[str]], Sequence]) -> None:
-        self._results = list(redact_many(self.texts)) if self.texts else []
-        if len(self._results) != len(self.texts):
-            raise RuntimeError("redact_many returned a result count that does not match")
-        for r in self._results:
+    def run(self, redact_many: Callable[..., Sequence]) -> None:
+        """Analyse every collected text: prose in one ``redact_many(texts)`` call, the texts
+        analysed without NER in one ``redact_many(texts, prose=False)`` call."""
+        self._results = [None] * len(self.texts)
+        groups: dict[bool, list[int]] = {}
+        for i, kind in enumerate(self.kinds):
+            groups.setdefault(kind == "prose", []).append(i)
+        for prose, idx in groups.items():
+            sub = [self.texts[i] for i in idx]
+            res = list(redact_many(sub) if prose else redact_many(sub, prose=False))
+            if len(res) != len(sub):
+                raise RuntimeError("redact_many returned a result count that does not match")
+            for i, r in zip(idx, res, strict=True):
+                self._results[i] = r
+        for i, r in enumerate(self._results):
+            if self.kinds[i] == "signed":
+                if r.findings:
+                    types = sorted(r.counts) if r.counts else ["finding"]
+                    self.refused.append((self.labels[i], "carries " + ", ".join(types)))
+                    self.refused_entities |= set(types)
+                continue
             if r.counts:
                 self.counts.update(r.counts)
             if r.blocked:
@@ -265,5 +313,7 @@ class TextJob:
                 if new is not None:
                     reps.append((start, end, encode_string(new)))
             return splice(doc.text, reps) if reps else None
+        if self.kinds[node.index] == "signed":
+            return None  # never rewritten (a finding refuses the message)
         r = self._results[node.index]
         return r.text if r.findings and r.text != node.value else None
