@@ -34,7 +34,7 @@ class Format:
     regex: re.Pattern
     scan: bool
     doc: str
-    separators: str = ""  # characters read as spaces when scanning (never rewritten: safe)
+    separators: str = ""  # also scanned with these read as spaces (never rewritten: safe)
 
     def matches(self, value: str) -> bool:
         return self.regex.fullmatch(value) is not None
@@ -60,7 +60,7 @@ FORMATS: dict[str, Format] = {
     "id": Format(
         re.compile(r"[A-Za-z0-9_-]{1,128}"), True,
         "an API id (toolu_01..., msg_01..., file_...): letters, digits, '_' and '-', also "
-        "scanned for secrets and patterns with '_' read as a space", "_"),
+        "scanned for secrets and patterns, as it is and with '_' read as a space", "_"),
     "base64": Format(
         _B64, True,
         "standard base64 (signatures, encrypted thinking), also scanned for secrets and "
@@ -111,4 +111,4 @@ def check(mode: str, value: str) -> tuple[str, str] | None:
     text = value
     for ch in fmt.separators:
         text = text.replace(ch, " ")
-    return "signed", text
+    return "signed", value if text == value else f"{value}\n{text}"

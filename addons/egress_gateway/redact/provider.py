@@ -22,6 +22,7 @@ from egress_gateway.net import hosts
 
 SERVER_TOOL = re.compile(r"(web_search|web_fetch)_[0-9]{8}")
 _AMBIGUOUS = re.compile(r"[\\\x00-\x20\x7f]")
+_PUNCT = re.compile(r"[/._+~:;,=&|!$*'()\[\]]")
 MAX_NODES = 200_000  # a bound on the walk (a 10 MB body of tiny objects)
 
 
@@ -92,7 +93,10 @@ def _url_text(field: str, url) -> tuple[str, str]:
     pieces.append(path)
     for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
         pieces += [k, v]
-    return host, "\n".join(urllib.parse.unquote(p) for p in pieces if p)
+    text = "\n".join(urllib.parse.unquote(p) for p in pieces if p)
+    # also with URL punctuation read as spaces (never rewritten: only scanned), so that a value
+    # glued to '/' or '.png' is still a word to the recognizers
+    return host, f"{text}\n{_PUNCT.sub(' ', text)}"
 
 
 def check(doc, policy: ProviderPolicy) -> list[tuple[str, str]]:
@@ -113,7 +117,7 @@ def check(doc, policy: ProviderPolicy) -> list[tuple[str, str]]:
                     todo.append((f"{path}.{k}" if _plain_key(k) else f"{path}[{json.dumps(k)}]", v))
         elif isinstance(node, list):
             todo += [(f"{path}[{i}]", v) for i, v in enumerate(node) if isinstance(v, (list, _Obj))]
-    return out
+    return list(dict.fromkeys(out))  # an MCP server {"type": "url", "url": ...} is found twice
 
 
 def _plain_key(k: str) -> bool:
@@ -128,7 +132,7 @@ def _check_object(path: str, obj: _Obj, policy: ProviderPolicy, out: list) -> No
             _allowed_url(f"{path}.url", url, policy, out)
     # remote MCP servers: the provider connects to each URL (with its authorization_token)
     for servers in obj.values_of("mcp_servers"):
-        if not isinstance(servers, list):
+        if isinstance(servers, _Obj) or not isinstance(servers, list):
             raise ProviderRefusal(f"{path}.mcp_servers", "mcp_servers must be a list")
         for i, server in enumerate(servers):
             field = f"{path}.mcp_servers[{i}].url"
