@@ -112,9 +112,12 @@ class Engine:
         out = []
         for t in texts:
             c = Counter()
-            new = re.sub(r"\S+@\S+\.\w+", lambda m: c.update(["EMAIL_ADDRESS"]) or "<EMAIL_ADDRESS>", t)
+            new, n = re.subn(r"\S+@\S+\.\w+", "<EMAIL_ADDRESS>", t)
+            c["EMAIL_ADDRESS"] += n
             if prose is not False:
-                new = re.sub(r"Jane", lambda m: c.update(["PERSON"]) or "<PERSON>", new)
+                new, n = re.subn(r"Jane", "<PERSON>", new)
+                c["PERSON"] += n
+            c = +c
             out.append(R(new, [1] * sum(c.values()), dict(c)) if c else R(t))
         return out
 
