@@ -37,6 +37,8 @@ CHECKS = [
     ("base64-bad-length", "format:base64", SIG[:-1], "refuse"),
     ("base64-inner-padding", "format:base64", "Ab1=" + SIG, "refuse"),
     ("base64-with-text", "format:base64", SIG + " 219-09-9999", "refuse"),
+    ("empty-signature", "format:base64", "", None),
+    ("empty-id", "format:id", "", None),
     ("word-role", "format:word", "assistant", None),
     ("word-upper", "format:word", "User", "refuse"),
     ("media-type", "format:media_type", "image/png", None),
@@ -191,3 +193,12 @@ def test_signed_extra_texts_refuse_with_their_label():
     job.add_signed("docs.example.com\n/a\njane@x.com", "$.mcp_servers[0].url")
     job.run(Engine().redact_many)
     assert job.refused == [("$.mcp_servers[0].url", "carries EMAIL_ADDRESS")]
+
+
+def test_the_engine_runs_no_ner_when_told_even_with_ner_always():
+    from egress_gateway.detection import DetectionEngine
+    from egress_gateway.detection.settings import DetectionSettings
+
+    engine = DetectionEngine.get(DetectionSettings(ner="always"))
+    assert [f.entity_type for f in engine.analyze("Barack Obama met me.", prose=None)] == ["PERSON"]
+    assert engine.analyze("Barack Obama met me.", prose=False) == []

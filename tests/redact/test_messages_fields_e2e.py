@@ -43,6 +43,11 @@ def _reply(got: bytes) -> bytes | None:
     if len(body) < length:
         return None
     target = head.split(b" ")[1].decode()
+    for case, (ctype, answer) in ANSWERS.items():
+        if f"ANSWER:{case}".encode() in body:
+            payload = answer.encode()
+            return (b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype.encode()
+                    + b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
     if "count_tokens" in target:
         doc = {"input_tokens": 12}
     else:
@@ -53,6 +58,55 @@ def _reply(got: bytes) -> bytes | None:
     payload = json.dumps(doc).encode()
     return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
             + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+
+
+def _message(**over) -> str:
+    doc = {"id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
+           "model": MODEL, "content": [{"type": "text", "text": "Done."}],
+           "stop_reason": "end_turn", "stop_sequence": None,
+           "usage": {"input_tokens": 12, "output_tokens": 2}}
+    doc.update(over)
+    return json.dumps(doc)
+
+
+def _sse(*events: dict) -> str:
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+
+
+_START = {"type": "message_start", "message": json.loads(_message(content=[]))}
+_STOP = [{"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+          "usage": {"output_tokens": 9}}, {"type": "message_stop"}]
+
+
+def _thinking_stream(thinking: str, signature: str = SIG) -> str:
+    return _sse(_START,
+                {"type": "content_block_start", "index": 0,
+                 "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+                {"type": "content_block_delta", "index": 0,
+                 "delta": {"type": "thinking_delta", "thinking": thinking}},
+                {"type": "content_block_delta", "index": 0,
+                 "delta": {"type": "signature_delta", "signature": signature}},
+                {"type": "content_block_stop", "index": 0},
+                {"type": "content_block_start", "index": 1,
+                 "content_block": {"type": "text", "text": ""}},
+                {"type": "content_block_delta", "index": 1,
+                 "delta": {"type": "text_delta", "text": "Hello there."}},
+                {"type": "content_block_stop", "index": 1}, *_STOP)
+
+
+#: Answers of the stub, chosen by a marker in the request ("ANSWER:<name>").
+ANSWERS = {
+    "fields-outside-old-paths": ("application/json", _message(
+        content=[{"type": "text", "text": "See the source.", "citations": [
+            {"type": "char_location", "cited_text": CANARY, "document_index": 0,
+             "document_title": CANARY, "start_char_index": 0, "end_char_index": 5}]}],
+        stop_sequence=CANARY, x_extra={"note": CANARY})),
+    "thinking-json": ("application/json", _message(content=[
+        {"type": "thinking", "thinking": CANARY, "signature": SIG},
+        {"type": "text", "text": "Done."}])),
+    "thinking-stream-clean": ("text/event-stream", _thinking_stream("The user greets me.")),
+    "thinking-stream-canary": ("text/event-stream", _thinking_stream(CANARY)),
+}
 
 
 def shipped_sections(api_host: str) -> dict:
@@ -327,3 +381,50 @@ def test_nothing_leaked_into_the_gateway_log_or_audit(env):
     gw, _ = env
     assert not leaks(gw.log_text().encode(), PATTERN_CANARIES)
     assert not leaks(gw.audit_path.read_bytes(), PATTERN_CANARIES)
+
+
+def _ask(gw, stub, case: str, stream: bool = False) -> httpx.Response:
+    doc = {"model": MODEL, "max_tokens": 64, "stream": stream,
+           "messages": [{"role": "user", "content": f"ANSWER:{case}"}]}
+    with httpx.Client(proxy=gw.proxy, verify=ssl.create_default_context(cafile=gw.ca_cert),
+                      timeout=30) as c:
+        return c.post(f"https://{API}:{stub.port}/v1/messages", json=doc,
+                      headers={"anthropic-version": "2023-06-01", "x-api-key": "k"})
+
+
+def test_response_fields_outside_the_old_paths_are_redacted(env):
+    gw, stub = env
+    r = _ask(gw, stub, "fields-outside-old-paths")
+    assert r.status_code == 200 and not leaks(r.content, PATTERN_CANARIES)
+    doc = r.json()
+    assert "<EMAIL_ADDRESS>" in doc["stop_sequence"] and "<US_SSN>" in doc["x_extra"]["note"]
+    assert "<GITHUB_TOKEN>" in doc["content"][0]["citations"][0]["cited_text"]
+    assert doc["model"] == MODEL and doc["id"] == "msg_01XFDUDYJgAACzvnptvVoYEL"
+
+
+def test_a_finding_in_response_thinking_refuses_the_answer(env):
+    gw, stub = env
+    r = _ask(gw, stub, "thinking-json")
+    assert r.status_code == 403 and r.headers["x-egress-gateway"] == "sensitive_data"
+    assert r.json()["fields"] == ["content[*].thinking"] and not leaks(r.content, PATTERN_CANARIES)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_clean_thinking_stream_passes_to_the_sdk(env):
+    gw, stub = env
+    events = list(client(gw, stub).messages.create(
+        model=MODEL, max_tokens=64, stream=True,
+        messages=[{"role": "user", "content": "ANSWER:thinking-stream-clean"}]))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert events[0].message.model == MODEL
+    deltas = [e.delta for e in events if e.type == "content_block_delta"]
+    assert deltas[0].thinking == "The user greets me." and deltas[1].signature == SIG
+    assert "".join(d.text for d in deltas if d.type == "text_delta") == "Hello there."
+
+
+def test_a_finding_in_streamed_thinking_cuts_the_stream(env):
+    gw, stub = env
+    r = _ask(gw, stub, "thinking-stream-canary", stream=True)
+    assert not leaks(r.content, PATTERN_CANARIES)
+    assert b"event: error" in r.content and b"message_stop" not in r.content

@@ -167,8 +167,8 @@ class DetectionEngine:
     # -- analysis -------------------------------------------------------------------------
 
     def _use_ner(self, chunk: str, prose: bool | None) -> bool:
-        if not self._ner_entities or self.settings.ner == "never":
-            return False
+        if not self._ner_entities or self.settings.ner == "never" or prose is False:
+            return False  # prose=False: the caller's "no NER" (field modes), even with "always"
         if self.settings.ner == "always":
             return True
         if prose is not None:

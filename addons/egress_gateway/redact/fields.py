@@ -102,6 +102,8 @@ def check(mode: str, value: str) -> tuple[str, str] | None:
         return None
     if mode == DATA:
         return None if looks_base64(value) else ("prose", value)
+    if not value:
+        return None  # an empty string carries nothing (a streamed block starts with "signature": "")
     name = mode[len(FORMAT_PREFIX):]
     fmt = FORMATS[name]
     if not fmt.matches(value) or (name == "base64" and not looks_base64(value)):
