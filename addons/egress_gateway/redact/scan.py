@@ -95,11 +95,16 @@ def provider_fetches(job: TextJob, raw: bytes, content_type: str | None,
     if not raw:
         return None
     try:
+        if len(raw) > limit:
+            raise codecs.TooLarge(f"over {limit} bytes")
         data = codecs.decode(raw, codecs.parse_encodings(content_encoding), limit)
         if bodies.content_kind(content_type, data) != "json":
             raise ValueError("not JSON")
         doc = provider_check.parse(data.decode("utf-8"))
-    except (ValueError, codecs.TooLarge):
+    except codecs.TooLarge:  # the check is an egress control: no too_large: pass here
+        return ("too_large", "the body of a model-provider request is too large to check for "
+                "fetches by the provider", {})
+    except ValueError:
         return ("unsupported_content", "the body of a model-provider request must be JSON the "
                 "gateway can check for fetches by the provider", {})
     try:
