@@ -428,3 +428,38 @@ def test_a_finding_in_streamed_thinking_cuts_the_stream(env):
     r = _ask(gw, stub, "thinking-stream-canary", stream=True)
     assert not leaks(r.content, PATTERN_CANARIES)
     assert b"event: error" in r.content and b"message_stop" not in r.content
+
+
+def test_agent_sdk_request_through_the_gateway(env):
+    """The Claude-Agent-SDK-shaped request: thinking, signatures, the screenshot, model, ids and
+    metadata byte for byte; the instructions except the two known pattern hits; no planted value
+    reaches the stub."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "data"))
+    import make_agent_sdk_request as agent_sdk
+
+    gw, stub = env
+    raw = (REPO / "tests" / "data" / "agent_sdk_request.json").read_bytes()
+    start = len(stub.raw)
+    with httpx.Client(proxy=gw.proxy, verify=ssl.create_default_context(cafile=gw.ca_cert)) as c:
+        r = c.post(f"https://{API}:{stub.port}/v1/messages?beta=true", content=raw,
+                   headers={"Content-Type": "application/json", "anthropic-version": "2023-06-01"})
+    assert r.status_code == 200
+    got = bytes(stub.raw[start:])
+    before, after = json.loads(raw), json.loads(got.partition(b"\r\n\r\n")[2])
+    for key in ("model", "metadata", "thinking", "tool_choice", "stop_sequences", "max_tokens"):
+        assert after[key] == before[key], key
+    assert after["messages"][1]["content"][:2] == before["messages"][1]["content"][:2]
+    assert after["messages"][2]["content"][1]["content"][0] == \
+        before["messages"][2]["content"][1]["content"][0]  # the screenshot
+    ids = [(b.get("id"), b.get("tool_use_id")) for m in after["messages"] for b in m["content"]]
+    assert ids == [(b.get("id"), b.get("tool_use_id")) for m in before["messages"]
+                   for b in m["content"]]
+    assert after["system"][0] == before["system"][0]
+    assert [t["name"] for t in after["tools"]] == [t["name"] for t in before["tools"]]
+    changed_tools = [i for i, (a, b) in enumerate(zip(after["tools"], before["tools"],
+                                                      strict=True)) if a != b]
+    assert changed_tools == [5]  # the example e-mail address in mcp__crm__lookup_customer
+    for _, value in agent_sdk.PLANTED:
+        assert value.encode() not in got, value
