@@ -88,11 +88,25 @@ ensure_chromium() {
     fi
 }
 
+# The PostgreSQL tests run Debian's PostgreSQL server (never a downloaded one).
+ensure_postgresql() {
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "run_gateway.sh: installing Debian postgresql for the PostgreSQL tests..." >&2
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            postgresql >&2 || echo "run_gateway.sh: postgresql install FAILED" >&2
+    else
+        echo "run_gateway.sh: PostgreSQL is missing (apt-get install postgresql);" \
+             "the PostgreSQL tests will be skipped" >&2
+    fi
+}
+
 cmd="${1:-run}"
 case "$cmd" in
     test)
         shift; bootstrap
         ensure_chromium
+        ensure_postgresql
         cd "$ROOT"
         py -m pytest "$@"
         ;;
