@@ -12,6 +12,7 @@ from egress_gateway.approvals.addon import Approvals
 from egress_gateway.core import Core
 from egress_gateway.credentials.addon import CredentialGuard, CredentialInjector
 from egress_gateway.egress.addon import Egress
+from egress_gateway.postgres.addon import Postgres
 from egress_gateway.recording.addon import Recorder
 from egress_gateway.redact.addon import Redactor
 from egress_gateway.session import Session
@@ -81,6 +82,15 @@ HOOKS: dict[str, dict[str, str]] = {
         "responseheaders": "wraps a streamed answer to an injected request with the scrubber",
         "error": "forgets the mark",
     },
+    "Postgres": {
+        "configure": "adds one reverse:tcp listen mode per postgres entry; builds its engines",
+        "next_layer": "gives a connection on an entry's port the PostgreSQL protocol layer",
+        "tls_start_server": "the upstream TLS context of the entry (verify-full with its CA, require)",
+        "postgres_statement": "read_only, then approve rules (held in mitmweb, or unattended)",
+        "postgres_scan": "masks rows, COPY data, server messages and agent statements off the loop",
+        "postgres_event": "records a statement (or login) as a TCP flow; writes its audit line",
+        "done": "stops the scan pool",
+    },
     "Recorder": {
         "load": "declares the recording options",
         "configure": "opens the recordings folder",
@@ -118,5 +128,8 @@ def make_addons() -> list:
     # can read the flow); the injector after approvals and redaction, before the recorder (it
     # marks the final request for injection on the wire). The recorder records the final flow
     # and writes its audit line; the closer closes the audit log after it.
+    # The PostgreSQL lane owns its connections with its own protocol layer; it records through
+    # the recorder (one TCP flow per statement), so it sits just before it.
+    recorder = Recorder(core)
     return [core, Session(core.connections), CredentialGuard(core), egress, redactor, approvals,
-            CredentialInjector(core), Recorder(core), core.closer]
+            CredentialInjector(core), Postgres(core, recorder), recorder, core.closer]

@@ -13,6 +13,7 @@ from egress_gateway.credentials.settings import Credentials
 from egress_gateway.detection.settings import DetectionSettings
 from egress_gateway.egress.settings import EgressSettings
 from egress_gateway.net import hosts
+from egress_gateway.postgres.settings import PostgresSection, check_references
 from egress_gateway.redact.settings import RedactSettings, check_entities
 
 
@@ -75,10 +76,16 @@ class Policy(_Model):
         description="Secrets the gateway presents in place of the agent's placeholders, each bound "
         "to a destination; values come from environment variables or files, never the policy.",
     )
+    postgres: PostgresSection = Field(
+        default_factory=list,
+        description="PostgreSQL databases agents reach through the gateway (one listening port "
+        "each); the gateway logs in with its own credentials and masks result rows.",
+    )
 
     @model_validator(mode="after")
     def _redact_entities(self) -> Policy:
         check_entities(self.redact, self.detection)
+        check_references(self)
         return self
 
 

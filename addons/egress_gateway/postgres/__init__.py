@@ -1,0 +1,1 @@
+"""The PostgreSQL lane: agents query databases through the gateway, with masking and guard rails."""
