@@ -56,6 +56,17 @@ class ApproveRule(_Model):
     entities: list[str] | None = Field(
         None, min_length=1, description="Detected entity names (see detection), e.g. [CREDIT_CARD].")
     any_secret: bool = Field(False, description="Match when any secret entity was detected.")
+    postgres: list[str] | None = Field(
+        None, min_length=1, description="Database entries (postgres[].name): the rule holds "
+        "their statements instead of HTTP requests.")
+    statements: list[str] | None = Field(
+        None, min_length=1, description="Statement types, e.g. [DELETE, UPDATE, DROP, TRUNCATE, "
+        "ALTER, GRANT, COPY] (postgres rules).")
+    tables: list[str] | None = Field(
+        None, min_length=1, description="Tables ('name' any schema, or 'schema.name'; any case) "
+        "(postgres rules).")
+    without_where: bool = Field(False, description="Match only an UPDATE or DELETE without a "
+                                "WHERE clause (postgres rules).")
     timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT)] = Field(
         DEFAULT_TIMEOUT, description="Seconds to wait for a reviewer (default 60).")
     on_timeout: Literal["deny", "allow"] = Field(
@@ -86,8 +97,22 @@ class ApproveRule(_Model):
             raise ValueError(f"unknown entity names {unknown}; known: {', '.join(sorted(known))}")
         return list(v)
 
+    @field_validator("statements")
+    @classmethod
+    def _check_statements(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [str(x).strip().upper() for x in v]
+
     @model_validator(mode="after")
     def _some_matcher(self) -> ApproveRule:
+        db_keys = self.statements or self.tables or self.without_where
+        if self.postgres:
+            if self.host or self.host_not or self.methods or self.path:
+                raise ValueError(f"rule {self.name!r}: host, host_not, methods and path apply to "
+                                 "HTTP, not to postgres rules")
+            return self
+        if db_keys:
+            raise ValueError(f"rule {self.name!r}: statements, tables and without_where need "
+                             "'postgres' (the database entries they apply to)")
         if not (self.host or self.host_not or self.methods or self.path or self.entities
                 or self.any_secret):
             raise ValueError(f"rule {self.name!r} matches every request; give at least one of "
@@ -99,6 +124,8 @@ class ApproveRule(_Model):
     # --- matching -----------------------------------------------------------------------------
     def matches_target(self, method: str, host: str | None, path: str) -> bool:
         """Method, host and path (what is known from the headers)."""
+        if self.postgres:
+            return False  # a database rule never holds HTTP requests
         if self.methods and method.upper() not in self.methods:
             return False
         if self.host and (host is None or not any(hosts.host_matches(g, host) for g in self.host)):
@@ -118,6 +145,23 @@ class ApproveRule(_Model):
             _, secret = _known_entities()
             return any(n > 0 and e in secret for e, n in counts.items())
         return False
+
+    def matches_statement(self, entry: str, kind: str, tables: list[str], without_where: bool,
+                          counts: dict[str, int]) -> bool:
+        """Whether this rule holds a statement of the database entry `entry`."""
+        if not self.postgres or entry not in self.postgres:
+            return False
+        if self.statements and kind.upper() not in self.statements:
+            return False
+        if self.without_where and not without_where:
+            return False
+        if self.tables:
+            want = [t.lower() for t in self.tables]
+            names = [t.lower() for t in tables]
+            if not any(n == w or ("." not in w and n.rsplit(".", 1)[-1] == w)
+                       for n in names for w in want):
+                return False
+        return self.detected(counts) is not False
 
     def matches(self, method: str, host: str | None, path: str, counts: dict[str, int]) -> bool:
         return self.matches_target(method, host, path) and self.detected(counts) is not False

@@ -232,4 +232,6 @@ Credentials = validators.named_list(CredentialBinding, "credential")
 
 
 def bindings_of(policy) -> list[CredentialBinding]:
-    return list(getattr(policy, "credentials", None) or ())
+    # Database passwords (postgres entries) are guarded too: bound to no HTTP destination.
+    return list(getattr(policy, "credentials", None) or ()) + [
+        e.as_credential() for e in getattr(policy, "postgres", None) or ()]

@@ -271,6 +271,11 @@ class Recorder:
         else:  # one write() of a few KB to the page cache: cheaper than a thread hop
             self._write(sid, data, rec)
 
+    def write_state(self, sid: str, state: dict, rec: dict) -> None:
+        """Record a flow state another addon built (the PostgreSQL lane: one TCP flow per
+        statement), then its audit line `rec`; raises on failure (the caller fails closed)."""
+        self._write(sid, mask.serialize(state), rec)
+
     def _write(self, sid: str, data: bytes, rec: dict) -> None:
         """Append the recording, then its audit line (one lock: file order = chain order)."""
         rotated = False

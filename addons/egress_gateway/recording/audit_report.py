@@ -52,6 +52,7 @@ def summarize(records: list[dict]) -> list[dict]:
                 "redactions": {"request": Counter(), "response": Counter()},
                 "approvals": {"asked": 0, "granted": 0, "denied": 0},
                 "bytes_out": 0, "bytes_in": 0, "recordings": set(), "errors": 0,
+                "databases": {},
             }
         t = rec.get("time")
         if t:
@@ -61,6 +62,9 @@ def summarize(records: list[dict]) -> list[dict]:
         host = rec.get("host")
         port = rec.get("port")
         dest = f"{host}:{port}" if host and port not in (None, 80, 443) else str(host)
+        if kind == "postgres":
+            dest = f"postgres {rec.get('database')}"
+            _database(s["databases"], rec)
         if kind in FLOW_KINDS:
             s["flows"] += 1
             if rec.get("decision") != "blocked" or rec.get("code") == "recording_failed":
@@ -95,6 +99,21 @@ def summarize(records: list[dict]) -> list[dict]:
             "recordings": sorted(s["recordings"]),
         })
     return out
+
+
+def _database(dbs: dict, rec: dict) -> None:
+    """Per database: connections, statements by type, rows returned, refusals."""
+    d = dbs.setdefault(str(rec.get("database")), {"connections": 0, "statements": 0, "types": {},
+                                                   "rows": 0, "refused": 0})
+    if rec.get("event") == "connection" and rec.get("decision") != "blocked":
+        d["connections"] += 1
+    if rec.get("event") == "statement":
+        d["statements"] += 1
+        t = str(rec.get("statement"))
+        d["types"][t] = d["types"].get(t, 0) + 1
+        d["rows"] += int(rec.get("rows") or 0)
+    if rec.get("decision") == "blocked":
+        d["refused"] += 1
 
 
 def human_bytes(n: int) -> str:
@@ -142,6 +161,10 @@ def render_text(summaries: list[dict], check: dict) -> str:
         a = s["approvals"]
         lines.append(f"   approvals:  asked {a['asked']}, granted {a['granted']}, denied {a['denied']}")
         lines.append(f"   bytes:      out {human_bytes(s['bytes_out'])}, in {human_bytes(s['bytes_in'])}")
+        for db, d in s.get("databases", {}).items():
+            types = ", ".join(f"{t} {n}" for t, n in sorted(d["types"].items())) or "-"
+            lines.append(f"   database {db}: {d['connections']} connection(s), {d['statements']} "
+                         f"statement(s) ({types}), {d['rows']} row(s), {d['refused']} refused")
         if s["recordings"]:
             lines.append(f"   recordings: {', '.join(s['recordings'])}")
     lines.append("")

@@ -140,8 +140,13 @@ class RedactRule(_Model):
     """Per-host overrides; the first rule whose hosts (and paths) match a flow applies."""
 
     hosts: list[str] = Field(
-        min_length=1,
+        default_factory=list,
         description="Hosts as in egress.allow: exact names or '*.domain' (any depth below).",
+    )
+    postgres: list[str] = Field(
+        default_factory=list,
+        description="Names of postgres entries this rule applies to (instead of hosts): "
+        "response = result rows and server messages, request = the agent's statements.",
     )
     paths: list[str] = Field(
         default_factory=list,
@@ -164,6 +169,14 @@ class RedactRule(_Model):
     @classmethod
     def _prefixes(cls, v: list[str]) -> list[str]:
         return [urlpath.validate_prefix(p) for p in v]
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RedactRule:
+        if bool(self.hosts) == bool(self.postgres):
+            raise ValueError("give either 'hosts' or 'postgres' (database entry names)")
+        if self.postgres and self.paths:
+            raise ValueError("'paths' applies to hosts, not to postgres entries")
+        return self
 
     def matches(self, host: str, path: str) -> bool:
         if not any(hosts.host_matches(h, host) for h in self.hosts):
