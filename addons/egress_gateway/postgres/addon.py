@@ -100,6 +100,12 @@ class Postgres:
                 return
             entry = self.entry_for(context.client)
             if entry is None:
+                if getattr(context.client.proxy_mode, "full_spec", None) in self._added:
+                    # A mode this addon opened, whose entry a policy reload removed or changed:
+                    # never mitmproxy's raw TCP relay.
+                    if nextlayer.layer is not None and nextlayer.layer in context.layers:
+                        context.layers.remove(nextlayer.layer)
+                    nextlayer.layer = pg.RefuseLayer(context)
                 return
             # Drop a layer another addon made (mitmproxy's TCPLayer) from the stack's list.
             if nextlayer.layer is not None and nextlayer.layer in context.layers:

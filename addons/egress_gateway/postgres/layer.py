@@ -160,6 +160,23 @@ class SslNegotiation(tunnel.TunnelLayer):
         return False, "the server answered the SSLRequest with an error"
 
 
+class RefuseLayer(layer.Layer):
+    """A connection on a port whose entry is no longer in the policy (changed by a reload):
+    answered with a FATAL refusal, never relayed. Listen changes need a restart."""
+
+    def _handle_event(self, event: events.Event):
+        if isinstance(event, events.DataReceived) and event.connection is self.context.client:
+            if event.data[4:8] in (wire.ssl_request()[4:], (wire.GSSENC_REQUEST).to_bytes(4, "big")):
+                yield commands.SendData(self.context.client, b"N")
+                return
+            yield commands.SendData(self.context.client, Refusal(
+                "08004", "blocked", "this port's database entry is no longer in the policy "
+                "(restart the gateway to apply listen changes)", True).message())
+            yield commands.CloseConnection(self.context.client)
+        elif isinstance(event, events.ConnectionClosed):
+            yield commands.CloseConnection(self.context.client)
+
+
 class PostgresLayer(layer.Layer):
     """One agent connection: startup, authentication, the upstream login, then the relay."""
 
