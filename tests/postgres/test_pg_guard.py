@@ -115,3 +115,16 @@ def test_audit_lines_carry_no_values(pg_gateway, conn):
     conn.execute("SELECT id FROM customers WHERE id < %s", (3,)).fetchall()
     two = [r for r in _statements(pg_gateway) if r["text"].endswith("WHERE id < $1")][-1]
     assert two["rows"] == 2 and two["statement"] == "SELECT" and two["tables"] == ["customers"]
+
+
+def test_refusal_inside_a_pipeline_keeps_the_connection_in_step(pg_gateway, conn):
+    before = _count(pg_gateway)
+    with pytest.raises(psycopg.Error) as ei:
+        with conn.pipeline():
+            first = conn.execute("SELECT 41 + 1")
+            conn.execute("DELETE FROM customers")
+            conn.execute("SELECT 2")
+    assert ei.value.sqlstate == "42501"
+    assert first.fetchone() == (42,)
+    assert _count(pg_gateway) == before
+    assert conn.execute("SELECT 3").fetchone() == (3,)

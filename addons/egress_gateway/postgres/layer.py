@@ -670,6 +670,7 @@ class PostgresLayer(layer.Layer):
                 yield from flush()
                 yield from self._query(m, out)
             elif t == b"P":
+                yield from flush()  # a refusal may end the cycle upstream: keep the order
                 yield from self._parse(m, out)
             elif t == b"B":
                 yield from flush()
