@@ -162,3 +162,45 @@ def test_cancel_request_reaches_the_server(pg_gateway, conn):
         conn.execute("SELECT pg_sleep(20)")
     timer.join()
     assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_prepared_statement_executed_without_portal_describe(pg_gateway):
+    """asyncpg's way: Parse + Describe(statement) once, then Bind + Execute with no Describe."""
+    import socket
+    import struct
+
+    def msg(t: bytes, body: bytes = b"") -> bytes:
+        return t + struct.pack("!i", len(body) + 4) + body
+
+    def read_until_z(s) -> list[tuple[bytes, bytes]]:
+        out, buf = [], b""
+        while True:
+            while len(buf) < 5 or len(buf) < 1 + struct.unpack("!i", buf[1:5])[0]:
+                buf += s.recv(65536)
+            n = struct.unpack("!i", buf[1:5])[0]
+            out.append((buf[:1], buf[5:n + 1]))
+            buf = buf[n + 1:]
+            if out[-1][0] == b"Z":
+                return out
+
+    from pgharness import PLACEHOLDER
+
+    with socket.create_connection(("127.0.0.1", pg_gateway.ports["crm"]), timeout=10) as s:
+        params = b"user\0agent-raw\0database\0crm\0\0"
+        body = struct.pack("!i", 196608) + params
+        s.sendall(struct.pack("!i", len(body) + 4) + body)
+        read_until_z_auth = s.recv(64)
+        assert read_until_z_auth[:1] == b"R"
+        s.sendall(msg(b"p", PLACEHOLDER.encode() + b"\0"))
+        read_until_z(s)
+        q = b"SELECT id, email FROM customers ORDER BY id\0"
+        s.sendall(msg(b"P", b"s1\0" + q + b"\0\0") + msg(b"D", b"Ss1\0") + msg(b"S"))
+        kinds = [t for t, _ in read_until_z(s)]
+        assert kinds == [b"1", b"t", b"T", b"Z"]
+        bind = b"\0s1\0" + struct.pack("!hhh", 0, 0, 0)
+        s.sendall(msg(b"B", bind) + msg(b"E", b"\0" + struct.pack("!i", 0)) + msg(b"S"))
+        answer = read_until_z(s)
+    rows = [b for t, b in answer if t == b"D"]
+    assert len(rows) == 3
+    raw = b"".join(rows)
+    assert b"<EMAIL_ADDRESS>" in raw and b"jane.roe" not in raw

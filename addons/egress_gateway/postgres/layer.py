@@ -160,6 +160,19 @@ class SslNegotiation(tunnel.TunnelLayer):
         return False, "the server answered the SSLRequest with an error"
 
 
+def _bound(cols: list[wire.Column], formats: list[int]) -> list[wire.Column]:
+    """A statement's described columns with the result formats a Bind asked for."""
+    def fmt(i: int) -> int:
+        if not formats:
+            return 0
+        return formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
+
+    out = [wire.Column(c.name, c.table_oid, c.attnum, c.type_oid, c.typlen, c.typmod, fmt(i))
+           for i, c in enumerate(cols)]
+    mask.check_columns(out)
+    return out
+
+
 class RefuseLayer(layer.Layer):
     """A connection on a port whose entry is no longer in the policy (changed by a reload):
     answered with a FATAL refusal, never relayed. Listen changes need a restart."""
@@ -206,6 +219,9 @@ class PostgresLayer(layer.Layer):
         self.param_types: dict[bytes, list[int]] = {}  # statement name -> declared types
         self.bind_counts: dict[bytes, dict] = {}  # portal -> what its parameters had redacted
         self.copy_in = None  # agent.CopyIn during COPY FROM STDIN; "refused" after a CopyFail
+        self.describes: deque = deque()  # (cycle, b"S"|b"P", name) awaiting their answer
+        self.stmt_desc: dict[bytes, list[wire.Column]] = {}  # statement -> its result columns
+        self.portal_cols: dict[bytes, list[wire.Column]] = {}  # portal -> its result columns
         self.cycle_open = False  # extended-protocol messages forwarded since the last Sync
         self.login_log: list | None = []  # the login as the agent saw it, for the recording
         self._pw = entry.password.lower().encode()
@@ -446,7 +462,15 @@ class PostgresLayer(layer.Layer):
                     yield from self._ready(m, out)
                 continue
             if t == b"T":
-                self.columns = wire.parse_row_description(m.body)
+                cols = wire.parse_row_description(m.body)
+                kind, name = self._described()
+                if kind == b"S":  # a statement: its columns once bound (formats from Bind)
+                    self.stmt_desc[name] = cols
+                    out.append(m.encode())
+                    continue
+                if kind == b"P":
+                    self.portal_cols[name] = cols
+                self.columns = cols
                 try:
                     mask.check_columns(self.columns)
                 except mask.Unscannable as e:
@@ -457,7 +481,13 @@ class PostgresLayer(layer.Layer):
             elif t == b"Z":
                 self.columns = None
                 yield from self._ready(m, out)
+                while self.describes and self.describes[0][0] <= self.tracker.done_cycle:
+                    self.describes.popleft()  # never answered: an error ended that cycle
+            elif t == b"n":
+                self._described()
+                out.append(m.encode())
             elif t == b"C":
+                self.columns = None
                 self.copy_out = None
                 out.append(m.encode())
                 tag = m.body.rstrip(b"\x00").decode("ascii", "replace")
@@ -501,9 +531,10 @@ class PostgresLayer(layer.Layer):
                     continue
                 self.copy_in = agent.CopyIn(fmt)
                 out.append(m.encode())
-            elif t == b"K" or t in (b"I", b"s", b"1", b"2", b"3", b"n", b"t", b"d"):
+            elif t == b"K" or t in (b"I", b"s", b"1", b"2", b"3", b"t", b"d"):
                 out.append(m.encode())
                 if t == b"s":  # PortalSuspended: this Execute is done (a partial fetch)
+                    self.columns = None
                     yield from self._finish(self.tracker.complete("FETCH"))
             else:
                 yield from self._refuse_result(out, Refusal(
@@ -602,8 +633,16 @@ class PostgresLayer(layer.Layer):
             return
         out.extend(res.messages)
 
+    def _described(self) -> tuple[bytes | None, bytes]:
+        """Which Describe a RowDescription or NoData answers: (b"S"|b"P"|None, name)."""
+        if self.describes:
+            _, kind, name = self.describes.popleft()
+            return kind, name
+        return None, b""
+
     def _mask_rows(self, rows: list[bytes], out: list[bytes]):
-        cols = self.columns
+        rec = self.tracker.front()
+        cols = self.columns or (rec.columns if rec is not None else None)
         if cols is None:
             yield from self._refuse_result(out, Refusal(
                 "0A000", "unsupported_content", "rows arrived without a row description "
@@ -685,6 +724,8 @@ class PostgresLayer(layer.Layer):
             elif t in (b"D", b"C", b"H"):
                 if t == b"C" and m.body[:1] == b"S":
                     self.prepared.pop(m.body[1:-1], None)
+                if t == b"D":  # its answer (RowDescription or NoData) names what it describes
+                    self.describes.append((self.tracker.cycle + 1, m.body[:1], m.body[1:-1]))
                 self.cycle_open = True
                 out.append(m.encode())
             elif t in (b"d", b"c", b"f"):
@@ -787,6 +828,7 @@ class PostgresLayer(layer.Layer):
             return
         rec = self.tracker.start(st, "extended", check.approvals.get(id(st)))
         rec.request_counts = dict(self.bind_counts.get(portal, {}))
+        rec.columns = self.portal_cols.get(portal)
         self.tracker.note(True, m.encode())
         self.cycle_open = True
         out.append(m.encode())
@@ -812,7 +854,16 @@ class PostgresLayer(layer.Layer):
     def _bind(self, m: wire.Message, out: list[bytes]):
         b = wire.parse_bind(m.body)
         self.portals[b.portal] = b.statement
+        self.portal_cols.pop(b.portal, None)
         st = self.prepared.get(b.statement)
+        desc = self.stmt_desc.get(b.statement)
+        if desc is not None:  # executed without a portal Describe (asyncpg): Bind's formats
+            try:
+                self.portal_cols[b.portal] = _bound(desc, b.result_formats)
+            except mask.Unscannable as e:
+                yield from self._refuse_statement(st, Refusal("0A000", "unsupported_content",
+                                                              str(e)), "extended", extended=True)
+                return
         types = self.param_types.get(b.statement, [])
         if not any(v is not None for v in b.params):
             self.cycle_open = True

@@ -31,6 +31,7 @@ class Record:
     sqlstate: str | None = None
     decision: str = "allowed"
     code: str | None = None
+    columns: list | None = None  # its result columns when no RowDescription precedes its rows
     messages: list = field(default_factory=list)  # (from_client, bytes) for the recording
     recorded_bytes: int = 0
     truncated: bool = False
