@@ -33,7 +33,8 @@ RESOLVE_CACHE_MAX = 1024
 class Egress:
     def __init__(self, core) -> None:
         self.core = core
-        self._resolved: dict[tuple, tuple[float, Decision, str | None]] = {}
+        # (name, port) -> (expiry, decision, address): per policy, swapped with it
+        core.add_compiler("egress_resolved", lambda policy: {})
         self._restore: dict[str, tuple] = {}  # server connection id -> address as requested
 
     # --- decisions ----------------------------------------------------------------------
@@ -102,9 +103,10 @@ class Egress:
             # An IPv4-mapped IPv6 literal is dialled as the IPv4 address it denotes.
             dial = getattr(ip, "ipv4_mapped", None) or ip
             return allowlist.check_resolved(egress, norm, ip, port, pinned=False), str(dial)
-        key = (id(self.core.policy), norm, port)
+        cache = self.core.compiled["egress_resolved"]
+        key = (norm, port)
         now = time.monotonic()
-        hit = self._resolved.get(key)
+        hit = cache.get(key)
         if hit and hit[0] > now:
             return hit[1], hit[2]
         pin = allowlist.pinned_address(egress, norm)
@@ -134,9 +136,9 @@ class Egress:
                 break
             if result[1] is None:
                 result = (d, str(a))
-        if len(self._resolved) >= RESOLVE_CACHE_MAX:
-            self._resolved.clear()
-        self._resolved[key] = (now + RESOLVE_TTL, *result)
+        if len(cache) >= RESOLVE_CACHE_MAX:
+            cache.clear()
+        cache[key] = (now + RESOLVE_TTL, *result)
         return result
 
     # --- hooks --------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from egress_gateway.net import hosts
 from egress_gateway.postgres import layer as pg
 from egress_gateway.postgres import recording
 from egress_gateway.postgres.holds import Holds
+from egress_gateway.postgres.runtime import PostgresRuntime
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class Postgres:
         self.engine_factory = engine_factory or _engine
         self.pool: ThreadPoolExecutor | None = None
         self._added: list[str] = []
-        self._engines: dict = {}
+        core.add_compiler("postgres", lambda policy: PostgresRuntime(policy, self.engine_factory))
         self.holds = Holds()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -241,24 +242,10 @@ class Postgres:
     # --- helpers ------------------------------------------------------------------------------
     def _engine_for(self, policy, entry: str, direction: str = "response"):
         """The detection engine for one database and direction; None: not redacted."""
-        key = (id(policy), entry, direction)
-        hit = self._engines.get(key)
-        if hit is not None and hit[0] is policy:
-            return hit[1]
-        rules = rules_for(policy.redact, entry, direction)
-        engine = None
-        if policy.redact.enabled and rules.enabled:
-            engine = self.engine_factory(rules.detection(policy.detection))
-        if len(self._engines) > 64:
-            self._engines.clear()
-        self._engines[key] = (policy, engine)
-        return engine
-
-
-def rules_for(redact, entry: str, direction: str):
-    """The redact rules for `direction` of the database entry `entry` (first rule naming it)."""
-    rule = next((r for r in redact.rules if entry in r.postgres), None)
-    return redact._merged(rule, direction)
+        compiled = self.core.compiled
+        if compiled is None or compiled.policy is not policy:
+            raise RuntimeError("no policy loaded")
+        return compiled["postgres"].engine(entry, direction)
 
 
 def _pause_reading(client, server):
