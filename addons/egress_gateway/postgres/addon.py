@@ -27,8 +27,8 @@ from OpenSSL import SSL
 from egress_gateway.detection.engine import deadline
 from egress_gateway.detection.findings import TextResult
 from egress_gateway.net import hosts
+from egress_gateway.postgres import hooks, recording
 from egress_gateway.postgres import layer as pg
-from egress_gateway.postgres import recording
 from egress_gateway.postgres.holds import Holds
 from egress_gateway.postgres.runtime import PostgresRuntime
 
@@ -106,7 +106,7 @@ class Postgres:
                     # never mitmproxy's raw TCP relay.
                     if nextlayer.layer is not None and nextlayer.layer in context.layers:
                         context.layers.remove(nextlayer.layer)
-                    nextlayer.layer = pg.RefuseLayer(context)
+                    nextlayer.layer = hooks.RefuseLayer(context)
                 return
             # Drop a layer another addon made (mitmproxy's TCPLayer) from the stack's list.
             if nextlayer.layer is not None and nextlayer.layer in context.layers:
@@ -120,7 +120,7 @@ class Postgres:
                 return
             server.sni = host if hosts.parse_ip_literal(host) is None else None
             stack = tunnel.LayerStack()
-            stack /= pg.SslNegotiation(context, server)
+            stack /= hooks.SslNegotiation(context, server)
             stack /= tls_layer.ServerTLSLayer(context, server)
             stack /= pg.PostgresLayer(context, entry, self)
             nextlayer.layer = stack[0]
@@ -162,7 +162,7 @@ class Postgres:
             log.exception("egress gateway: could not set up TLS to a PostgreSQL upstream")
             tls_start.ssl_conn = None
 
-    async def postgres_scan(self, job: pg.ScanJob) -> None:
+    async def postgres_scan(self, job: hooks.ScanJob) -> None:
         try:
             policy = self.core.policy
             if policy is None:
@@ -190,7 +190,7 @@ class Postgres:
         except BaseException as e:  # noqa: BLE001 - handed to the layer, which refuses
             job.error = e
 
-    def postgres_event(self, event: pg.Event) -> None:
+    def postgres_event(self, event: hooks.Event) -> None:
         """An audit line; with messages, the TCP flow recorded first (`recording.flow_state`)."""
         rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **event.record}
         try:
@@ -204,7 +204,7 @@ class Postgres:
             log.exception("egress gateway: could not record a PostgreSQL statement")
             event.failed = f"{type(e).__name__}"
 
-    async def postgres_statement(self, check: pg.StatementCheck) -> None:
+    async def postgres_statement(self, check: hooks.StatementCheck) -> None:
         """read_only, then the approve rules, for each statement about to run."""
         try:
             policy = self.core.policy
@@ -212,13 +212,13 @@ class Postgres:
                 raise RuntimeError("no policy loaded")
             entry = check.entry
             if self.recorder is not None and getattr(self.recorder, "failed", None):
-                check.refusal = pg.Refusal("58030", "recording_failed", "the gateway cannot "
+                check.refusal = hooks.Refusal("58030", "recording_failed", "the gateway cannot "
                                            "record statements; nothing runs until it can")
                 return
             for st in check.statements:
                 if entry.read_only and st.writes:
                     check.blocked = st
-                    check.refusal = pg.Refusal("25006", "read_only", f"the database entry "
+                    check.refusal = hooks.Refusal("25006", "read_only", f"the database entry "
                                                f"{entry.name!r} is read-only: {st.type} writes")
                     return
                 rule = next((r for r in policy.approve if r.matches_statement(
@@ -230,13 +230,13 @@ class Postgres:
                             "decided_by": by, "wait_seconds": waited}
                 if not verdict:
                     check.blocked, check.approval = st, approval
-                    check.refusal = pg.Refusal("42501", "denied", f"approval rule {rule.name!r}: "
+                    check.refusal = hooks.Refusal("42501", "denied", f"approval rule {rule.name!r}: "
                                                f"{rule.reason}; {by}")
                     return
                 check.approvals[id(st)] = approval
         except Exception:
             log.exception("egress gateway: internal error while checking a PostgreSQL statement")
-            check.refusal = pg.Refusal("XX000", "internal_error",
+            check.refusal = hooks.Refusal("XX000", "internal_error",
                                        "the gateway failed while checking the statement")
 
     # --- helpers ------------------------------------------------------------------------------
