@@ -43,6 +43,7 @@ from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer 
 from egress_gateway.detection import operators as ops  # noqa: E402
 from egress_gateway.detection.chunks import looks_like_prose, split_chunks  # noqa: E402
 from egress_gateway.detection.entities import NER_ENTITIES  # noqa: E402
+from egress_gateway.detection.fields import FieldContext, apply_field, key_words  # noqa: E402
 from egress_gateway.detection.findings import (  # noqa: E402
     Finding,
     FindingsCache,
@@ -175,13 +176,23 @@ class DetectionEngine:
             return prose
         return looks_like_prose(chunk)
 
-    def analyze_many(self, texts: list[str], prose: bool | None = None) -> list[list[Finding]]:
+    def analyze_many(
+        self,
+        texts: list[str],
+        prose: bool | None = None,
+        fields: list[FieldContext | None] | None = None,
+    ) -> list[list[Finding]]:
         """Findings for each text (batched NER over all prose chunks).
 
-        Results are cached per text (`FindingsCache`, keyed by a digest of the text and the
-        prose hint; one cache per engine, i.e. per detection settings): an agent re-sends its
-        whole conversation every turn, and only the new messages are analysed.
+        ``fields[i]`` (or ``texts[i].field`` of a `FieldText`) is the key the text stands
+        under, if any: see ``fields.py`` for what a key changes.
+
+        Results are cached per text (`FindingsCache`, keyed by a digest of the text, the
+        prose hint and the field; one cache per engine, i.e. per detection settings): an agent
+        re-sends its whole conversation every turn, and only the new messages are analysed.
         """
+        if fields is None:
+            fields = [getattr(t, "field", None) for t in texts]
         out: list[list[Finding] | None] = [None] * len(texts)
         todo: list[int] = []
         keys: dict[int, bytes] = {}
@@ -189,7 +200,7 @@ class DetectionEngine:
             if len(text) < 3:
                 out[i] = []
                 continue
-            key = self.cache.key(text, prose)
+            key = self.cache.key(text, prose, fields[i].digest() if fields[i] else b"")
             hit = self.cache.get(key)
             if hit is not None:
                 out[i] = list(hit)
@@ -197,13 +208,17 @@ class DetectionEngine:
                 keys[i] = key
                 todo.append(i)
         if todo:
-            found = self._analyze_uncached([texts[i] for i in todo], prose)
+            found = self._analyze_uncached(
+                [texts[i] for i in todo], prose, [fields[i] for i in todo]
+            )
             for i, findings in zip(todo, found, strict=True):
                 out[i] = findings
                 self.cache.put(keys[i], findings, len(texts[i]))
         return out  # type: ignore[return-value]
 
-    def _analyze_uncached(self, texts: list[str], prose: bool | None) -> list[list[Finding]]:
+    def _analyze_uncached(
+        self, texts: list[str], prose: bool | None, fields: list[FieldContext | None]
+    ) -> list[list[Finding]]:
         s = self.settings
         jobs: list[tuple[int, int, str]] = []  # (text index, offset, chunk)
         for i, text in enumerate(texts):
@@ -225,12 +240,16 @@ class DetectionEngine:
                         nlp_artifacts=art,
                         score_threshold=0.0,
                         allow_list=list(self._allow) or None,
+                        context=list(key_words(fields[i].key)) if fields[i] else None,
                     )
                     raw[i] += self._keep(chunk, results, off)
         if self._pem is not None:
             for i, text in enumerate(texts):
                 if "PRIVATE KEY" in text:
                     raw[i] += self._keep(text, self._pem.analyze(text, ["PEM_PRIVATE_KEY"]), 0)
+        for i, ctx in enumerate(fields):
+            if ctx is not None and texts[i].strip().casefold() not in self._allow_ci:
+                raw[i] = apply_field(texts[i], raw[i], ctx, self.entities)
         return [merge_findings(r) for r in raw]
 
     def _keep(self, text: str, results: list[RecognizerResult], offset: int) -> list[Finding]:
@@ -279,7 +298,8 @@ class DetectionEngine:
             if len(text) < 3:
                 found.append([])
                 continue
-            hit = self.cache.get(self.cache.key(text, prose))
+            ctx = getattr(text, "field", None)
+            hit = self.cache.get(self.cache.key(text, prose, ctx.digest() if ctx else b""))
             if hit is None:
                 return None
             found.append(list(hit))

@@ -1,0 +1,89 @@
+"""Context from keys (``fields.py``): what a JSON key, form field or column name changes."""
+
+from __future__ import annotations
+
+import pytest
+from egress_gateway.detection.fields import FieldContext, FieldText, classify_key, key_words
+
+
+def ctx(key: str, *siblings: str) -> FieldContext:
+    return FieldContext(key, frozenset(siblings))
+
+
+@pytest.mark.parametrize(
+    ("key", "siblings", "kind"),
+    [
+        ("first_name", (), "PERSON"),
+        ("lastName", (), "PERSON"),
+        ("fullname", (), "PERSON"),
+        ("customer", (), "PERSON"),
+        ("ship_to", (), "PERSON"),
+        ("shipToName", (), "PERSON"),
+        ("name", ("email", "phone"), "PERSON"),
+        ("city", (), "LOCATION"),
+        ("birthplace", (), "LOCATION"),
+        ("billing.country", (), "LOCATION"),
+        ("name", ("price", "sku"), "THING"),
+        ("product_name", (), "THING"),
+        ("title", (), "THING"),
+        # no opinion
+        ("customer_id", (), None),
+        ("city_code", (), None),
+        ("username", (), None),
+        ("user_name", (), None),
+        ("name", (), None),
+        ("message", (), None),
+    ],
+)
+def test_classify_key(key, siblings, kind):
+    assert classify_key(key, set(siblings)) == kind
+
+
+def test_key_words():
+    assert key_words("shipToName") == ("ship", "to", "name")
+    assert key_words("billing.last-name") == ("billing", "last", "name")
+    assert key_words("FIRSTNAME") == ("first", "name")
+
+
+# True positives: the key types a value NER misses or mistypes.
+FIELD_TRUE_POSITIVES = [
+    ("first_name", (), "Lena", "PERSON", "Lena"),
+    ("customer", (), "Tomomi Nishiyama", "PERSON", "Tomomi Nishiyama"),
+    ("name", ("email",), "Ana Souza", "PERSON", "Ana Souza"),
+    ("city", (), "Porto Alegre", "LOCATION", "Porto Alegre"),
+    ("country", (), " Portugal ", "LOCATION", "Portugal"),
+]
+# False positives avoided: the key says the value is no person or place.
+FIELD_FALSE_POSITIVES = [
+    ("name", ("price", "sku"), "Aurora Desk Lamp"),
+    ("product_name", (), "Harbor Linen Throw"),
+    ("first_name", (), "N/A"),
+    ("first_name", (), "user123"),
+    ("customer_id", (), "Lena"),
+    ("city", (), "94107"),
+]
+
+
+@pytest.mark.parametrize(("key", "siblings", "value", "entity", "span"), FIELD_TRUE_POSITIVES)
+def test_field_true_positives(engine, key, siblings, value, entity, span):
+    found = engine.analyze_many([value], fields=[ctx(key, *siblings)])[0]
+    assert [(f.entity_type, value[f.start : f.end]) for f in found] == [(entity, span)]
+
+
+@pytest.mark.parametrize(("key", "siblings", "value"), FIELD_FALSE_POSITIVES)
+def test_field_false_positives(engine, key, siblings, value):
+    found = engine.analyze_many([value], fields=[ctx(key, *siblings)])[0]
+    assert [f for f in found if f.entity_type in ("PERSON", "LOCATION")] == []
+
+
+def test_name_inside_a_thing_title_is_kept(engine):
+    value = "Call with Barack Obama about the launch"
+    found = engine.analyze_many([value], fields=[ctx("title")])[0]
+    assert ("PERSON", "Barack Obama") in [(f.entity_type, value[f.start : f.end]) for f in found]
+
+
+def test_field_text_carries_its_key_and_is_cached_apart(engine):
+    plain = engine.analyze("Lena")
+    keyed = engine.analyze_many([FieldText("Lena", ctx("first_name"))])[0]
+    assert plain == [] and [f.entity_type for f in keyed] == ["PERSON"]
+    assert engine.analyze("Lena") == []  # the keyed result did not leak into the plain cache entry
