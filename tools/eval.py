@@ -41,6 +41,7 @@ Secrets (per row): a ``positive`` row is recalled if a secret finding overlaps t
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import re
 import sys
@@ -74,15 +75,25 @@ def _overlap(a0: int, a1: int, b0: int, b1: int) -> bool:
 
 
 def _batched(engine, texts: list[str], size: int = 64, fields=None):
+    # An engine without field context (an older checkout measured for "before") gets none.
+    keyed = "fields" in inspect.signature(engine.analyze_many).parameters
     out = []
     for i in range(0, len(texts), size):
-        out += engine.analyze_many(texts[i : i + size], fields=fields[i : i + size] if fields else None)
+        if keyed and fields:
+            out += engine.analyze_many(texts[i : i + size], fields=fields[i : i + size])
+        else:
+            out += engine.analyze_many(texts[i : i + size])
     return out
 
 
 def _pieces(row: dict) -> list[tuple[int, str, object]]:
     """``(offset, string, field)`` for each string the gateway analyses in ``row``."""
-    from egress_gateway.detection.fields import FieldContext
+    try:
+        from egress_gateway.detection.fields import FieldContext
+    except ImportError:  # an older checkout measured for "before": no field context
+
+        def FieldContext(key, siblings):  # noqa: N802
+            return None
 
     text, fmt = row["text"], row.get("format", "text")
     if fmt == "text":
