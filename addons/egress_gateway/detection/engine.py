@@ -10,8 +10,9 @@ Pipeline for one text (``DetectionEngine.analyze``):
    ``chunk_overlap`` characters of overlap (``chunks.py``; Presidio is superlinear in text
    length).
 2. Per chunk, decide whether it is prose (``ner="auto"``). Prose chunks go through spaCy's
-   NER (batched with ``nlp.pipe`` under a lock); other chunks (ids, numbers, base64, code
-   tokens) only get spaCy's tokenizer, which is what the context-word enhancer needs.
+   NER (batched with ``nlp.pipe`` under a lock); so do short all-caps lines, in a title-cased
+   copy of the same length (``chunks.headline_copy``); other chunks (ids, numbers, base64,
+   code tokens) only get spaCy's tokenizer, which is what the context-word enhancer needs.
 3. Presidio's ``AnalyzerEngine.analyze`` runs the pattern recognizers (+ the NER recognizer on
    prose) on each chunk with those artifacts. The PEM private-key recognizer runs on the whole
    text, since a key block can be longer than a chunk.
@@ -41,7 +42,7 @@ from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResu
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer  # noqa: E402
 
 from egress_gateway.detection import operators as ops  # noqa: E402
-from egress_gateway.detection.chunks import looks_like_prose, split_chunks  # noqa: E402
+from egress_gateway.detection.chunks import headline_copy, looks_like_prose, split_chunks  # noqa: E402
 from egress_gateway.detection.entities import NER_ENTITIES  # noqa: E402
 from egress_gateway.detection.fields import FieldContext, apply_field, key_words  # noqa: E402
 from egress_gateway.detection.findings import (  # noqa: E402
@@ -230,8 +231,12 @@ class DetectionEngine:
             for b in range(0, len(jobs), ANALYSIS_BATCH):
                 _check_deadline()
                 batch = jobs[b:b + ANALYSIS_BATCH]
-                ner_flags = [self._use_ner(c, prose) for _, _, c in batch]
-                arts = self._heavy.artifacts([c for _, _, c in batch], ner_flags)
+                ner_texts, ner_flags = [], []
+                for _, _, c in batch:
+                    headline = headline_copy(c) if self._use_ner(c, True) and prose is None else None
+                    ner_texts.append(headline or c)
+                    ner_flags.append(bool(headline) or self._use_ner(c, prose))
+                arts = self._heavy.artifacts(ner_texts, ner_flags)
                 for (i, off, chunk), art in zip(batch, arts, strict=True):
                     results = self._analyzer.analyze(
                         chunk,

@@ -9,9 +9,10 @@ a product, not a person. `classify_key` turns a key (plus the keys beside it) in
 * ``LOCATION``: the key names a place (``city``, ``country``, ``birthplace``): a
   place-shaped value is a LOCATION at 0.9;
 * ``THING``: the key names a thing (``product_name``, ``title``, ``sku``; ``name`` beside
-  ``price``/``sku``/``version``): an NER guess (score <= 0.85) of PERSON/LOCATION that is
-  (nearly) the whole value is dropped ("Aurora Desk Lamp"); a name inside a longer value
-  ("Call with Lena Varga"), name frames and every other entity are kept;
+  ``price``/``sku``/``version``): a guess (spaCy, the place list: score <= 0.9) of
+  PERSON/LOCATION that is (nearly) the whole value, or any such guess in a title-case
+  value, is dropped ("Aurora Desk Lamp", "Georgia Cotton Tee"); a name inside a sentence
+  ("Call with Lena Varga about the launch") and every other entity are kept;
 * ``None``: no opinion; the value is analysed as any text.
 
 Keys are split into lower-case words (``shipToName`` -> ship, to, name; ``last-name`` ->
@@ -28,8 +29,9 @@ from egress_gateway.detection.findings import Finding
 
 #: Score of a value typed by its key (above spaCy's 0.85).
 FIELD_SCORE = 0.9
-#: NER guesses at or below this score are dropped under a THING key.
-NER_GUESS_MAX = 0.85
+#: Guesses (spaCy 0.85, listed places 0.8-0.9) at or below this score are dropped under a
+#: THING key.
+NER_GUESS_MAX = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,14 @@ def _by_siblings(siblings: frozenset[str] | set[str]) -> str | None:
 _NAME_VALUE = re.compile(r"[^\W\d_][\w'’.\-]*(?:[ \t]+[^\W\d_][\w'’.\-]*){0,3}")
 #: 1-5 words of letters, commas allowed between them: "Porto Alegre", "Lyon, France".
 _PLACE_VALUE = re.compile(r"[^\W\d_][\w'’.\-]*(?:,?[ \t]+[^\W\d_][\w'’.\-]*){0,4}")
+
+
+def is_title_case(value: str) -> bool:
+    """Every word starts with a capital or digit ("Georgia Cotton Tee"): how products are named."""
+    words = value.split()
+    return bool(words) and all(w[0].isupper() or w[0].isdigit() or w in ("&", "-") for w in words)
+
+
 #: Values that fill a field without naming anyone.
 _EMPTY_VALUES = frozenset(
     "n/a na none null nil unknown anonymous redacted test tbd todo true false yes no "
@@ -202,9 +212,10 @@ def apply_field(
             return [*findings, Finding(kind, span[0], span[1], FIELD_SCORE)]
     elif kind == "THING":
         whole = len(value.strip())
+        titled = is_title_case(value)
         return [
             f for f in findings
             if not (f.entity_type in ("PERSON", "LOCATION") and f.score <= NER_GUESS_MAX
-                    and f.end - f.start >= 0.8 * whole)
+                    and (titled or f.end - f.start >= 0.8 * whole))
         ]  # fmt: skip
     return findings

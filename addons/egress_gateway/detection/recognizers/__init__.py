@@ -11,6 +11,7 @@ Modules (each recognizer is one class with ``PATTERNS``, optional ``CONTEXT`` an
   ``curl -u``, authorization headers);
 * ``pii``: Presidio's PII built-ins with the gateway's precision fixes;
 * ``names``: the spaCy NER recognizer's filters, name frames, ORG-to-PERSON relabelling;
+* ``places``: listed places (countries, capitals, US states, large cities);
 * ``custom``: organisation recognizers from the policy (``detection.custom``).
 
 Secrets come from two back-ends that can run side by side (``DetectionSettings.secret_backends``):
@@ -41,6 +42,7 @@ from egress_gateway.detection.recognizers.names import (
     NameIntroRecognizer,
 )
 from egress_gateway.detection.recognizers.pii import pii_recognizers
+from egress_gateway.detection.recognizers.places import PlaceListRecognizer
 from egress_gateway.detection.recognizers.secrets import (
     AnthropicKeyRecognizer,
     AwsAccessKeyIdRecognizer,
@@ -95,6 +97,8 @@ def build_recognizers(
         recs.append(GatewaySpacyRecognizer(sorted(ner), common_words))
         if "PERSON" in ner:
             recs.append(NameIntroRecognizer(english_words))
+        if "LOCATION" in ner:
+            recs.append(PlaceListRecognizer(common_words))
     if "patterns" in settings.secret_backends:
         recs += [
             cls(report_placeholders=settings.report_placeholder_tokens)

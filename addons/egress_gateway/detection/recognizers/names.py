@@ -22,6 +22,7 @@ DEFAULT_NER_ALLOW_LIST = frozenset(
         "json", "yaml", "html", "css", "sql", "postgres", "mysql", "redis", "nginx", "aws",
         "azure", "gcp", "npm", "pip", "api", "http", "https", "url", "uuid", "todo", "fixme",
         "user", "assistant", "system", "human", "bot", "ok", "hi", "hello", "thanks",
+        "visa", "mastercard", "amex", "maestro", "paypal",
     }
 )  # fmt: skip
 
