@@ -22,8 +22,10 @@ on the same strings, for the "plain Presidio" column. Every report gives the ana
 KB of input and the process's RSS and peak RSS.
 
 Altered negatives are split three ways: real-format public example keys (a vendor format whose
-value is not a placeholder), vendor-format placeholders (``ghp_xxxx…``: reported because
-``report_placeholder_tokens`` is on) and true false positives (anything else, PII included).
+value is not a placeholder, or a value of a real secret's shape and entropy that carries a
+placeholder marker such as ``EXAMPLE``, which issue 18 wants redacted), vendor-format
+placeholders (``ghp_xxxx…``: reported because ``report_placeholder_tokens`` is on) and true
+false positives (anything else, PII included).
 
 Span matching rule (PII):
 
@@ -277,6 +279,21 @@ def eval_secrets(
     by_type: dict[str, Counter] = defaultdict(Counter)
     from egress_gateway.detection.recognizers.filters import is_placeholder
 
+    try:
+        from egress_gateway.detection.recognizers.filters import (
+            PLACEHOLDER_MARKERS,
+            looks_random,
+        )
+    except ImportError:  # an older checkout: no such rule
+        PLACEHOLDER_MARKERS, looks_random = (), lambda v: False  # noqa: N806
+
+    def marked_real_shape(value: str) -> bool:
+        """A value of a real secret's shape that carries a placeholder marker (issue 18:
+        such values are redacted in requests; counted with the public example keys)."""
+        low = value.lower()
+        marker = next((m for m in PLACEHOLDER_MARKERS if m in low), None)
+        return marker is not None and looks_random(re.sub("(?i)" + re.escape(marker), "", value))
+
     neg_true_fp, neg_example, neg_placeholder, missed = [], [], [], []
     hits_on_neg = Counter()
     pos = pos_hit = neg = 0
@@ -306,7 +323,11 @@ def eval_secrets(
                 item = {"type": t, "text": row["text"][:120], "found": sorted(
                     {f.entity_type for f in found})}  # fmt: skip
                 values = [row["text"][f.start : f.end] for f in found]
-                if not all(f.entity_type in VENDOR_FORMATS for f in found):
+                if all(f.entity_type in VENDOR_FORMATS or marked_real_shape(v)
+                       for f, v in zip(found, values, strict=True)) and not all(
+                        f.entity_type in VENDOR_FORMATS for f in found):  # fmt: skip
+                    neg_example.append(item)  # "wJalr...EXAMPLEKEY": redacted on purpose
+                elif not all(f.entity_type in VENDOR_FORMATS for f in found):
                     neg_true_fp.append(item)
                 elif any(is_placeholder(v) for v in values):
                     neg_placeholder.append(item)
