@@ -128,9 +128,9 @@ def _pieces(row: dict) -> list[tuple[int, str, object]]:
                 for k, v in node.items():
                     cursor[0] = doc.index(json.dumps(k, ensure_ascii=False), cursor[0]) + len(k) + 2
                     walk(v, k, names - {k})
-            elif isinstance(node, list):
+            elif isinstance(node, list):  # array items have no key (as in redact/walker.py)
                 for v in node:
-                    walk(v, key, siblings)
+                    walk(v, None, frozenset())
             elif isinstance(node, str):
                 token = json.dumps(node, ensure_ascii=False)
                 at = doc.index(token, cursor[0])

@@ -87,3 +87,21 @@ def test_field_text_carries_its_key_and_is_cached_apart(engine):
     keyed = engine.analyze_many([FieldText("Lena", ctx("first_name"))])[0]
     assert plain == [] and [f.entity_type for f in keyed] == ["PERSON"]
     assert engine.analyze("Lena") == []  # the keyed result did not leak into the plain cache entry
+
+
+def test_json_walker_hands_keys_to_the_engine(engine):
+    from egress_gateway.redact.walker import TextJob
+
+    job = TextJob()
+    catalog = job.add_json('{"items": [{"sku": "LMP-2210", "name": "Aurora Desk Lamp", "price": 49.0}]}')
+    person = job.add_json('{"customer": {"first_name": "Lena", "city": "Porto Alegre", "id": "c-1"}}')
+    job.run(lambda texts: engine.redact_many(texts))
+    assert job.result(catalog) is None
+    assert job.result(person) == '{"customer": {"first_name": "<PERSON>", "city": "<LOCATION>", "id": "c-1"}}'
+
+
+def test_a_phrase_under_a_person_key_is_not_a_name(engine):
+    found = engine.analyze_many(["Customer record"], fields=[ctx("name", "email", "card")])[0]
+    assert found == []
+    found = engine.analyze_many(["Pieter van Dijk"], fields=[ctx("guest")])[0]
+    assert [f.entity_type for f in found] == ["PERSON"]

@@ -194,6 +194,8 @@ class DetectionEngine:
         """
         if fields is None:
             fields = [getattr(t, "field", None) for t in texts]
+        # spaCy takes exact str only: a FieldText becomes a plain copy of its characters.
+        texts = [t if type(t) is str else str(t) for t in texts]
         out: list[list[Finding] | None] = [None] * len(texts)
         todo: list[int] = []
         keys: dict[int, bytes] = {}

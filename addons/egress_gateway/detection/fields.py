@@ -58,6 +58,11 @@ class FieldText(str):
         return obj
 
 
+def field_text(value: str, key: str, keys) -> FieldText:
+    """``value`` as a `FieldText` under ``key``, beside the other ``keys`` of its object."""
+    return FieldText(value, FieldContext(key, frozenset(keys) - {key}))
+
+
 # Words of a key ------------------------------------------------------------------------------
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -181,6 +186,11 @@ def is_title_case(value: str) -> bool:
     return bool(words) and all(w[0].isupper() or w[0].isdigit() or w in ("&", "-") for w in words)
 
 
+#: Lower-case words inside names and places ("Pieter van Dijk", "Rio de Janeiro").
+_PARTICLES = frozenset(
+    "van von der den de da das do dos del della di du la le bin ibn al el y e of upon am "
+    "sur".split()
+)
 #: Values that fill a field without naming anyone.
 _EMPTY_VALUES = frozenset(
     "n/a na none null nil unknown anonymous redacted test tbd todo true false yes no "
@@ -190,13 +200,17 @@ _EMPTY_VALUES = frozenset(
 
 def typed_span(value: str, kind: str) -> tuple[int, int] | None:
     """The span of ``value`` that a PERSON/LOCATION key types, or None if it is not shaped
-    like a name (digits, e-mail, placeholder, too long) or place."""
+    like a name or place: 1-4 (places 1-5) capitalised words, particles allowed; no digits,
+    e-mail, placeholder or lower-case phrase ("Customer record")."""
     stripped = value.strip()
     if not stripped or len(stripped) > 60 or stripped.lower() in _EMPTY_VALUES:
         return None
     rx = _NAME_VALUE if kind == "PERSON" else _PLACE_VALUE
     if not rx.fullmatch(stripped) or not any(c.isupper() for c in stripped):
         return None
+    words = stripped.replace(",", " ").split()
+    if any(w[0].islower() and w not in _PARTICLES for w in words):
+        return None  # "Customer record", "Porto is nice": a phrase, not a name
     start = value.index(stripped)
     return start, start + len(stripped)
 
