@@ -85,3 +85,27 @@ def test_place_list_true_positives(engine, value, text):
 @pytest.mark.parametrize("text", PLACE_FALSE_POSITIVES)
 def test_place_list_false_positives(engine, text):
     assert [v for e, v in found(engine, text) if e == "LOCATION"] == []
+
+
+NAME_LIST_TRUE_POSITIVES = [
+    ("Ines", "Invited: John Smith, Mary, Paul and Ines."),  # spaCy alone: Ines is an ORG
+]
+NAME_LIST_FALSE_POSITIVES = [
+    "We ship to Portugal, Spain, France and Italy.",  # a list of places stays places
+    "Use Python, Rust, Go and Java.",  # no person in the list, nothing changes
+]
+
+
+@pytest.mark.parametrize(("value", "text"), NAME_LIST_TRUE_POSITIVES)
+def test_name_list_true_positives(engine, value, text):
+    assert ("PERSON", value) in found(engine, text)
+
+
+@pytest.mark.parametrize("text", NAME_LIST_FALSE_POSITIVES)
+def test_name_list_false_positives(engine, text):
+    assert [v for e, v in found(engine, text) if e == "PERSON"] == []
+
+
+def test_weak_frame_does_not_take_a_common_word(engine):
+    assert found(engine, "Police said no one was injured in the blast.") == []
+    assert ("PERSON", "Amara") in found(engine, "Amara said she would call back.")

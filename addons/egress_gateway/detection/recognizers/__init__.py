@@ -100,9 +100,9 @@ def build_recognizers(
     recs: list[EntityRecognizer] = pii_recognizers(entities)
     ner = entities & NER_ENTITIES
     if ner:
-        recs.append(GatewaySpacyRecognizer(sorted(ner), common_words))
+        recs.append(GatewaySpacyRecognizer(sorted(ner), common_words, english_words))
         if "PERSON" in ner:
-            recs.append(NameIntroRecognizer(english_words))
+            recs.append(NameIntroRecognizer(english_words, common_words))
         if "LOCATION" in ner:
             recs.append(PlaceListRecognizer(common_words))
     if "patterns" in settings.secret_backends:

@@ -100,10 +100,12 @@ class GatewayPhoneRecognizer(PhoneRecognizer):
     #: Rows of small numbers (sports tables, scores, lottery draws): four or more groups of
     #: one or two digits of which one is a single digit (``12 9 2 1 27``), or six or more
     #: such groups (``07 19 23 31 42 48``). No numbering plan writes a phone number that way;
-    #: French-style pairs (``06 12 34 56 78``: five pairs) still are phone numbers.
+    #: French-style pairs (``06 12 34 56 78``: five pairs) still are phone numbers. Three or
+    #: more pairs and a 3-digit group are a golf card (``68 71 69 208``).
     TABLE_ROW = re.compile(
         r"(?<!\d)(?=(?:\d{1,2}[ \t]+){3}\d{1,2}(?!\d))(?:\d\d[ \t]+)*\d(?:[ \t]|(?!\d))"
         r"|(?<!\d)(?:\d{1,2}[ \t]+){5,}\d{1,2}(?!\d)"
+        r"|(?<!\d)(?:\d\d[ \t]+){3,}\d{3}(?!\d)"  # golf: three rounds and the total
     )
 
     def _score(self, text: str, start: int, end: int) -> float:

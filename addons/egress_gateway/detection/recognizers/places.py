@@ -72,8 +72,10 @@ class PlaceListRecognizer(EntityRecognizer):
     spaCy's small model misses or mistypes many of them (``Dhaka``/``Malmö`` as ORG,
     ``Denmark``/``Porto Alegre`` as PERSON, nothing in all-caps headlines); the list keeps
     every place spaCy finds and adds these. Not matched: lower-case words, words inside
-    identifiers (``eu-west-1``, ``Paris.json``), and places that are also common English
+    identifiers (``eu-west-1``, ``Paris.json``), places that are also common English
     verbs, adjectives or adverbs (``Split``, ``Nice``, ``Mobile``, ``Bath``, ``Orange``).
+    A listed place inside a name ("Sofia Lima") wins over spaCy's PERSON: the value is
+    redacted either way, typed LOCATION.
     """
 
     def __init__(self, common_words: frozenset[str] = frozenset()) -> None:
@@ -96,9 +98,10 @@ class PlaceListRecognizer(EntityRecognizer):
                 for j in range(len(words), i, -1):  # longest listed run first
                     name = " ".join(words[i:j])
                     score = self._score(name)
+                    start = m.start() + len(" ".join(words[:i])) + (1 if i else 0)
+                    end = start + len(name)
                     if score:
-                        start = m.start() + len(" ".join(words[:i])) + (1 if i else 0)
-                        out.append(make_result(self, "LOCATION", start, start + len(name), score))
+                        out.append(make_result(self, "LOCATION", start, end, score))
                         i = j - 1
                         break
                 i += 1
