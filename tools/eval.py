@@ -191,6 +191,29 @@ class PlainPresidio:
         ]  # fmt: skip
 
 
+def latency_ms_per_kb(engine, rows: list[dict], sizes=(2048, 20480), repeat: int = 3) -> dict:
+    """Median analysis time per KB of texts of about each size, made of the rows' texts
+    (each text analysed once: the findings cache is never hit)."""
+    import statistics
+
+    out = {}
+    pool = [r["text"] for r in rows] or ["Jane Doe lives in Lisbon."]
+    for size in sizes:
+        times = []
+        for n in range(repeat):
+            parts, length, i = [f"[{size}/{n}]"], 0, n * 7
+            while length < size:
+                parts.append(pool[i % len(pool)])
+                length += len(parts[-1]) + 1
+                i += 1
+            text = "\n".join(parts)
+            t0 = time.perf_counter()
+            engine.analyze_many([text])
+            times.append((time.perf_counter() - t0) * 1000 / (len(text) / 1024))
+        out[f"{size // 1024} KB"] = round(statistics.median(times), 2)
+    return out
+
+
 def memory_mb() -> dict:
     """RSS and peak RSS (VmHWM) of this process, MB."""
     out = {}
@@ -432,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plain", action="store_true",
                     help="plain Presidio (default recognizers, en_core_web_sm) instead of the gateway")
     ap.add_argument("--verbose", "-v", action="store_true", help="list altered and missed rows")
+    ap.add_argument("--latency", action="store_true",
+                    help="also time 2 KB and 20 KB texts made of the PII rows (ms per KB)")
     args = ap.parse_args(argv)
 
     from egress_gateway.detection import DetectionEngine, DetectionSettings
@@ -470,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         print_report(path.name, kind, r)
         if args.verbose:
             _print_rows(r)
+    if args.latency:
+        pii_rows = [r for path, kind in data_files(paths) if kind == "pii" for r in _load(path, None)]
+        res["latency_ms_per_kb"] = latency_ms_per_kb(engine, pii_rows)
+        print(f"\nlatency (ms per KB): {res['latency_ms_per_kb']}")
     res["memory_mb"] = memory_mb()
     print(f"\nmemory: {res['memory_mb_loaded']} after loading, {res['memory_mb']} at the end (MB)")
     if args.json:

