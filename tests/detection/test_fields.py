@@ -105,3 +105,27 @@ def test_a_phrase_under_a_person_key_is_not_a_name(engine):
     assert found == []
     found = engine.analyze_many(["Pieter van Dijk"], fields=[ctx("guest")])[0]
     assert [f.entity_type for f in found] == ["PERSON"]
+
+
+KEYED_TRUE_POSITIVES = [
+    ("PERSON", "Aisling Byrne", "name: Aisling Byrne\ncity: Galway\nphone: 087 555 0123"),
+    ("LOCATION", "Galway", "name: Aisling Byrne\ncity: Galway\nphone: 087 555 0123"),
+    ("PERSON", "Kovač", "first_name,last_name,city\nHenrik,Dahl,Aarhus\nMaja,Kovač,Split"),
+    ("LOCATION", "Split", "first_name,last_name,city\nHenrik,Dahl,Aarhus\nMaja,Kovač,Split"),
+    ("PERSON", "Ana Souza", "customer = Ana Souza; total=12"),
+]
+KEYED_FALSE_POSITIVES = [
+    "name: build-and-test\non: push",
+    "city: 94107",
+    "first_name: N/A",
+]
+
+
+@pytest.mark.parametrize(("entity", "value", "text"), KEYED_TRUE_POSITIVES)
+def test_keyed_value_true_positives(engine, entity, value, text):
+    assert (entity, value) in [(f.entity_type, text[f.start : f.end]) for f in engine.analyze(text)]
+
+
+@pytest.mark.parametrize("text", KEYED_FALSE_POSITIVES)
+def test_keyed_value_false_positives(engine, text):
+    assert [f for f in engine.analyze(text) if f.entity_type in ("PERSON", "LOCATION")] == []

@@ -12,6 +12,7 @@ Modules (each recognizer is one class with ``PATTERNS``, optional ``CONTEXT`` an
 * ``pii``: Presidio's PII built-ins with the gateway's precision fixes;
 * ``names``: the spaCy NER recognizer's filters, name frames, ORG-to-PERSON relabelling;
 * ``places``: listed places (countries, capitals, US states, large cities);
+* ``keyed``: values under person/place keys inside a text (``city: Galway``, CSV columns);
 * ``custom``: organisation recognizers from the policy (``detection.custom``).
 
 Secrets come from two back-ends that can run side by side (``DetectionSettings.secret_backends``):
@@ -36,6 +37,7 @@ from egress_gateway.detection.recognizers.custom import (
     OrganisationRegexRecognizer,
 )
 from egress_gateway.detection.recognizers.detect_secrets_backend import DetectSecretsRecognizer
+from egress_gateway.detection.recognizers.keyed import KeyedValueRecognizer
 from egress_gateway.detection.recognizers.names import (
     DEFAULT_NER_ALLOW_LIST,
     GatewaySpacyRecognizer,
@@ -105,6 +107,8 @@ def build_recognizers(
             recs.append(NameIntroRecognizer(english_words, common_words))
         if "LOCATION" in ner:
             recs.append(PlaceListRecognizer(common_words))
+        if ner & {"PERSON", "LOCATION"}:
+            recs.append(KeyedValueRecognizer())
     if "patterns" in settings.secret_backends:
         recs += [
             cls(report_placeholders=settings.report_placeholder_tokens)
