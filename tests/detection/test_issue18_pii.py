@@ -109,3 +109,15 @@ def test_name_list_false_positives(engine, text):
 def test_weak_frame_does_not_take_a_common_word(engine):
     assert found(engine, "Police said no one was injured in the blast.") == []
     assert ("PERSON", "Amara") in found(engine, "Amara said she would call back.")
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("The import failed for customer Jane Whitfield again", ["Jane Whitfield"]),
+        ("Maintainer: Priya Raman <priya.raman@acme-corp.com>.", ["Priya Raman"]),
+        ("ask the customer Service Desk", []),
+    ],
+)
+def test_role_frame(engine, text, names):
+    assert [v for e, v in found(engine, text) if e == "PERSON"] == names

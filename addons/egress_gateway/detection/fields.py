@@ -105,7 +105,8 @@ _PERSON_WORDS = frozenset(
     "customer contact recipient sender author owner assignee reporter attendee passenger "
     "patient employee driver guest buyer seller applicant cardholder beneficiary signatory "
     "requester approver reviewer spouse guardian person surname forename nickname addressee "
-    "consignee insured subscriber tenant landlord".split()
+    "consignee insured subscriber tenant landlord maintainer maintainers developer "
+    "presenter speaker host_name interviewer interviewee".split()
 )
 #: Last words of place keys.
 _PLACE_WORDS = frozenset(

@@ -9,11 +9,12 @@ from presidio_analyzer.nlp_engine import NlpArtifacts
 from egress_gateway.detection.fields import FIELD_SCORE, classify_key, typed_span
 from egress_gateway.detection.recognizers.base import make_result
 
-#: ``first_name: Lena``, ``"city": "Porto"``, ``customer = Ana Souza`` (one per line or
-#: separated by ``,``/``;``/``&``), the key at most 40 characters.
+#: ``first_name: Lena``, ``"city": "Porto"``, ``customer = Ana Souza``,
+#: ``Maintainer: Priya Raman <priya@...>`` (one per line or separated by ``,``/``;``/``&``;
+#: the value may be followed by ``<`` or ``(``), the key at most 40 characters.
 _PAIR = re.compile(
     r"(?:^|(?<=[\s,;&{(]))[\"']?(?P<key>[A-Za-z_][\w.\-]{0,39})[\"']?[ \t]*(?:=|:(?!//))[ \t]*"
-    r"[\"']?(?P<value>[^\"'\n,;&{}\[\]<>=:]{1,60}?)[\"']?[ \t]*(?=$|[\n,;&}\]])",
+    r"[\"']?(?P<value>[^\"'\n,;&{}\[\]<>=:()]{1,60}?)[\"']?[ \t]*(?=$|[\n,;&}\]<(])",
     re.MULTILINE,
 )
 

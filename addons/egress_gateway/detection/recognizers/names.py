@@ -110,9 +110,16 @@ class NameIntroRecognizer(PatternRecognizer):
         r"(?:\b(?i:called|sincerely,?|regards,?|signed,?|(?:name|contact|patient|customer|employee)"
         r"[ \t]*:)|\b(?:said|asked|told|says|replied|wrote|thanked|shouted[ \t]+at))[ \t]+"
     )
+    #: "for customer Jane Whitfield", "patient Ana Souza": a role word before a first and
+    #: last name (two title-case words, not both English words: "customer Service Desk").
+    ROLE = (
+        r"\b(?i:customer|client|patient|employee|passenger|applicant|tenant|guest|user|"
+        r"contact|maintainer|owner|author)[ \t]+"
+    )
     PATTERNS = [
         Pattern("name_intro_strong", STRONG + rf"(?P<name>{_TITLE_NAME}|{_LOWER_NAME})", 0.9),
         Pattern("name_intro_weak", WEAK + rf"(?P<name>{_TITLE_NAME})", 0.75),
+        Pattern("name_after_role", ROLE + rf"(?P<name>{_TITLE_TOKEN}[ \t]+{_TITLE_TOKEN}){_END}", 0.75),
         # "Jane said", "Jane Doe wrote:" (a sentence-initial name before a speech verb)
         Pattern(
             "name_speech",
@@ -134,15 +141,20 @@ class NameIntroRecognizer(PatternRecognizer):
             patterns=[Pattern(p.name, p.regex, p.score) for p in self.PATTERNS],
             global_regex_flags=re.MULTILINE,
         )
-        self._rx = [(re.compile(p.regex, re.MULTILINE), p.score) for p in self.PATTERNS]
+        self._rx = [(re.compile(p.regex, re.MULTILINE), p.score, p.name) for p in self.PATTERNS]
         self.english_words = english_words
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # noqa: D102
         out = []
-        for rx, score in self._rx:
+        for rx, score, pattern in self._rx:
             for m in rx.finditer(text):
                 start, end = m.span("name")
                 name = text[start:end]
+                if pattern == "name_after_role" and all(
+                    w.lower() in self.english_words or w.lower()[:-1] in self.english_words
+                    for w in name.split()
+                ):
+                    continue  # "customer Service Desk": English words, not a first and last name
                 if name.lower() in DEFAULT_NER_ALLOW_LIST or name.split()[0].lower() in _NOT_NAMES:
                     continue
                 if score < 0.9 and " " not in name and is_common_word(
