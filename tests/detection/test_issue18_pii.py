@@ -67,6 +67,7 @@ PLACE_TRUE_POSITIVES = [
     ("Porto Alegre", "The event moved to Porto Alegre."),
     ("Denmark", "Group A: 1. Norway 7 2. Sweden 5 3. Denmark 4"),
     ("OSLO", "OSLO 2022-06-09"),
+    ("Braga", "He moved to Braga last year."),  # a one-word city after a place preposition
 ]
 PLACE_FALSE_POSITIVES = [
     "Split the file into two parts.",  # a city that is a common verb
@@ -74,6 +75,7 @@ PLACE_FALSE_POSITIVES = [
     "region = eu-west-1",
     "open Paris.json and london_test.py",
     "the mobile app",
+    "Results: Benfica 2 Sporting 1, Celtic 0 Rangers 0",  # one-word cities nothing points at
 ]
 
 

@@ -76,10 +76,18 @@ _CANDIDATE = re.compile(
 )
 
 
+#: "in Ghent", "from Leiden to Ghent", "near Braga": a preposition that points at a place.
+_PLACE_PREPOSITION = re.compile(
+    r"\b(?i:in|at|from|to|near|outside|via|across|around|through|towards?|between|and)[ \t]+$"
+)
+
+
 class PlaceListRecognizer(EntityRecognizer):
     """LOCATION for capitalised words that are a listed place: countries, capitals, US
-    states, continents (0.9) and cities of 100,000 people or more (one word 0.8, more words
-    0.9), in title case or all caps ("LISBON 2024-03-02").
+    states, continents (0.9) and cities of 100,000 people or more (more words 0.9; one word
+    0.8, and only where spaCy sees an entity of any label or after a place preposition such
+    as "in", "from", "to": alone, a one-word city name is as often a club or a surname,
+    "Benfica 2 Sporting 1"), in title case or all caps ("LISBON 2024-03-02").
 
     spaCy's small model misses or mistypes many of them (``Dhaka``/``Malmö`` as ORG,
     ``Denmark``/``Porto Alegre`` as PERSON, nothing in all-caps headlines); the list keeps
@@ -103,6 +111,8 @@ class PlaceListRecognizer(EntityRecognizer):
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
     ) -> list[RecognizerResult]:
         out = []
+        doc = getattr(nlp_artifacts, "tokens", None)
+        seen = [(e.start_char, e.end_char) for e in doc.ents] if doc is not None else []
         for m in _CANDIDATE.finditer(text):
             words = m.group().split(" ")
             i = 0
@@ -112,6 +122,10 @@ class PlaceListRecognizer(EntityRecognizer):
                     score = self._score(name)
                     start = m.start() + len(" ".join(words[:i])) + (1 if i else 0)
                     end = start + len(name)
+                    if score == CITY_SCORE and not any(s <= start < e for s, e in seen) and not (
+                        _PLACE_PREPOSITION.search(text, max(0, start - 12), start)
+                    ):
+                        score = 0.0  # a one-word city nothing points at: a club, a surname
                     if score:
                         out.append(make_result(self, "LOCATION", start, end, score))
                         i = j - 1
