@@ -44,7 +44,12 @@ from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer 
 from egress_gateway.detection import operators as ops  # noqa: E402
 from egress_gateway.detection.chunks import headline_copy, looks_like_prose, split_chunks  # noqa: E402
 from egress_gateway.detection.entities import NER_ENTITIES  # noqa: E402
-from egress_gateway.detection.fields import FieldContext, apply_field, key_words  # noqa: E402
+from egress_gateway.detection.fields import (  # noqa: E402
+    FieldContext,
+    FieldText,
+    apply_field,
+    key_words,
+)
 from egress_gateway.detection.findings import (  # noqa: E402
     Finding,
     FindingsCache,
@@ -192,10 +197,9 @@ class DetectionEngine:
         prose hint and the field; one cache per engine, i.e. per detection settings): an agent
         re-sends its whole conversation every turn, and only the new messages are analysed.
         """
-        if fields is None:
-            fields = [getattr(t, "field", None) for t in texts]
-        # spaCy takes exact str only: a FieldText becomes a plain copy of its characters.
-        texts = [t if type(t) is str else str(t) for t in texts]
+        if fields is not None:
+            texts = [FieldText(t, f) if f is not None else t for t, f in zip(texts, fields, strict=True)]
+        fields = [getattr(t, "field", None) for t in texts]
         out: list[list[Finding] | None] = [None] * len(texts)
         todo: list[int] = []
         keys: dict[int, bytes] = {}
@@ -211,17 +215,16 @@ class DetectionEngine:
                 keys[i] = key
                 todo.append(i)
         if todo:
-            found = self._analyze_uncached(
-                [texts[i] for i in todo], prose, [fields[i] for i in todo]
-            )
+            found = self._analyze_uncached([texts[i] for i in todo], prose)
             for i, findings in zip(todo, found, strict=True):
                 out[i] = findings
                 self.cache.put(keys[i], findings, len(texts[i]))
         return out  # type: ignore[return-value]
 
-    def _analyze_uncached(
-        self, texts: list[str], prose: bool | None, fields: list[FieldContext | None]
-    ) -> list[list[Finding]]:
+    def _analyze_uncached(self, texts: list[str], prose: bool | None) -> list[list[Finding]]:
+        fields = [getattr(t, "field", None) for t in texts]
+        # spaCy takes exact str only: a FieldText becomes a plain copy of its characters.
+        texts = [t if type(t) is str else str(t) for t in texts]
         s = self.settings
         jobs: list[tuple[int, int, str]] = []  # (text index, offset, chunk)
         for i, text in enumerate(texts):
