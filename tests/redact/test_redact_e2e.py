@@ -137,7 +137,9 @@ def test_anthropic_sdk_messages_call_is_redacted(env):
     assert sent["messages"][1]["content"][0]["input"] == {"email": "<EMAIL_ADDRESS>"}
     # the agent's own instructions get patterns without NER: the name stays, the e-mail does not;
     # the control fields exactly as sent
-    assert sent["system"] == SYSTEM.replace("ann@anthropic.com", "<EMAIL_ADDRESS>")
+    # instructions get patterns, no NER: the e-mail, and the name a "Maintainer:" frame names
+    assert sent["system"] == (SYSTEM.replace("ann@anthropic.com", "<EMAIL_ADDRESS>")
+                              .replace("Ann Lee", "<PERSON>"))
     assert sent["model"] == MODEL
     assert sent["tools"][0]["description"] == "Look up a customer by e-mail, e.g. <EMAIL_ADDRESS>"
     assert sent["tools"][0]["input_schema"] == {

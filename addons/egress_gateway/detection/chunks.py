@@ -47,3 +47,23 @@ def split_chunks(text: str, size: int, overlap: int) -> list[tuple[int, str]]:
         pos = max(pos, chunks[-1][0] + 1)
     return chunks
 
+
+
+_CAPS_WORD = re.compile(r"(?<![\w'’])[^\W\d_]{2,}(?![\w'’])")
+
+
+def headline_copy(text: str) -> str | None:
+    """A title-cased copy of a short all-caps line (``LONDON 1996-12-06``, ``SOCCER - BRAZIL
+    BEAT CHILE``), same length, for NER; None for anything else.
+
+    Such lines are not prose (``looks_like_prose``) and spaCy's small model finds no entity
+    in upper-case words; in title case it finds the places and names again. Identifiers
+    (``MAX_RETRIES``, ``AKIA...``) keep their case: only whole words of letters change.
+    """
+    if len(text) > 120 or text.count("\n") > 1:
+        return None
+    letters = [c for c in text if c.isalpha()]
+    if len(letters) < 3 or any(c.islower() for c in letters):
+        return None
+    out = _CAPS_WORD.sub(lambda m: m.group()[0] + m.group()[1:].lower(), text)
+    return out if len(out) == len(text) and out != text else None

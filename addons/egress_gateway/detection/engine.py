@@ -10,8 +10,9 @@ Pipeline for one text (``DetectionEngine.analyze``):
    ``chunk_overlap`` characters of overlap (``chunks.py``; Presidio is superlinear in text
    length).
 2. Per chunk, decide whether it is prose (``ner="auto"``). Prose chunks go through spaCy's
-   NER (batched with ``nlp.pipe`` under a lock); other chunks (ids, numbers, base64, code
-   tokens) only get spaCy's tokenizer, which is what the context-word enhancer needs.
+   NER (batched with ``nlp.pipe`` under a lock); so do short all-caps lines, in a title-cased
+   copy of the same length (``chunks.headline_copy``); other chunks (ids, numbers, base64,
+   code tokens) only get spaCy's tokenizer, which is what the context-word enhancer needs.
 3. Presidio's ``AnalyzerEngine.analyze`` runs the pattern recognizers (+ the NER recognizer on
    prose) on each chunk with those artifacts. The PEM private-key recognizer runs on the whole
    text, since a key block can be longer than a chunk.
@@ -41,8 +42,14 @@ from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResu
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer  # noqa: E402
 
 from egress_gateway.detection import operators as ops  # noqa: E402
-from egress_gateway.detection.chunks import looks_like_prose, split_chunks  # noqa: E402
+from egress_gateway.detection.chunks import headline_copy, looks_like_prose, split_chunks  # noqa: E402
 from egress_gateway.detection.entities import NER_ENTITIES  # noqa: E402
+from egress_gateway.detection.fields import (  # noqa: E402
+    FieldContext,
+    FieldText,
+    apply_field,
+    key_words,
+)
 from egress_gateway.detection.findings import (  # noqa: E402
     Finding,
     FindingsCache,
@@ -175,13 +182,24 @@ class DetectionEngine:
             return prose
         return looks_like_prose(chunk)
 
-    def analyze_many(self, texts: list[str], prose: bool | None = None) -> list[list[Finding]]:
+    def analyze_many(
+        self,
+        texts: list[str],
+        prose: bool | None = None,
+        fields: list[FieldContext | None] | None = None,
+    ) -> list[list[Finding]]:
         """Findings for each text (batched NER over all prose chunks).
 
-        Results are cached per text (`FindingsCache`, keyed by a digest of the text and the
-        prose hint; one cache per engine, i.e. per detection settings): an agent re-sends its
-        whole conversation every turn, and only the new messages are analysed.
+        ``fields[i]`` (or ``texts[i].field`` of a `FieldText`) is the key the text stands
+        under, if any: see ``fields.py`` for what a key changes.
+
+        Results are cached per text (`FindingsCache`, keyed by a digest of the text, the
+        prose hint and the field; one cache per engine, i.e. per detection settings): an agent
+        re-sends its whole conversation every turn, and only the new messages are analysed.
         """
+        if fields is not None:
+            texts = [FieldText(t, f) if f is not None else t for t, f in zip(texts, fields, strict=True)]
+        fields = [getattr(t, "field", None) for t in texts]
         out: list[list[Finding] | None] = [None] * len(texts)
         todo: list[int] = []
         keys: dict[int, bytes] = {}
@@ -189,7 +207,7 @@ class DetectionEngine:
             if len(text) < 3:
                 out[i] = []
                 continue
-            key = self.cache.key(text, prose)
+            key = self.cache.key(text, prose, fields[i].digest() if fields[i] else b"")
             hit = self.cache.get(key)
             if hit is not None:
                 out[i] = list(hit)
@@ -204,6 +222,9 @@ class DetectionEngine:
         return out  # type: ignore[return-value]
 
     def _analyze_uncached(self, texts: list[str], prose: bool | None) -> list[list[Finding]]:
+        fields = [getattr(t, "field", None) for t in texts]
+        # spaCy takes exact str only: a FieldText becomes a plain copy of its characters.
+        texts = [t if type(t) is str else str(t) for t in texts]
         s = self.settings
         jobs: list[tuple[int, int, str]] = []  # (text index, offset, chunk)
         for i, text in enumerate(texts):
@@ -215,8 +236,12 @@ class DetectionEngine:
             for b in range(0, len(jobs), ANALYSIS_BATCH):
                 _check_deadline()
                 batch = jobs[b:b + ANALYSIS_BATCH]
-                ner_flags = [self._use_ner(c, prose) for _, _, c in batch]
-                arts = self._heavy.artifacts([c for _, _, c in batch], ner_flags)
+                ner_texts, ner_flags = [], []
+                for _, _, c in batch:
+                    headline = headline_copy(c) if self._use_ner(c, True) and prose is None else None
+                    ner_texts.append(headline or c)
+                    ner_flags.append(bool(headline) or self._use_ner(c, prose))
+                arts = self._heavy.artifacts(ner_texts, ner_flags)
                 for (i, off, chunk), art in zip(batch, arts, strict=True):
                     results = self._analyzer.analyze(
                         chunk,
@@ -225,12 +250,16 @@ class DetectionEngine:
                         nlp_artifacts=art,
                         score_threshold=0.0,
                         allow_list=list(self._allow) or None,
+                        context=list(key_words(fields[i].key)) if fields[i] else None,
                     )
                     raw[i] += self._keep(chunk, results, off)
         if self._pem is not None:
             for i, text in enumerate(texts):
                 if "PRIVATE KEY" in text:
                     raw[i] += self._keep(text, self._pem.analyze(text, ["PEM_PRIVATE_KEY"]), 0)
+        for i, ctx in enumerate(fields):
+            if ctx is not None and texts[i].strip().casefold() not in self._allow_ci:
+                raw[i] = apply_field(texts[i], raw[i], ctx, self.entities)
         return [merge_findings(r) for r in raw]
 
     def _keep(self, text: str, results: list[RecognizerResult], offset: int) -> list[Finding]:
@@ -279,7 +308,8 @@ class DetectionEngine:
             if len(text) < 3:
                 found.append([])
                 continue
-            hit = self.cache.get(self.cache.key(text, prose))
+            ctx = getattr(text, "field", None)
+            hit = self.cache.get(self.cache.key(text, prose, ctx.digest() if ctx else b""))
             if hit is None:
                 return None
             found.append(list(hit))

@@ -18,7 +18,8 @@ PII (Presidio built-ins, tuned in ``recognizers/pii.py``; NER in ``recognizers/n
 
 Secrets (Presidio has none; see ``recognizers/secrets.py`` and ``recognizers/assignments.py``)
     AWS_ACCESS_KEY_ID      AKIA/ASIA/... access key ids
-    AWS_SECRET_ACCESS_KEY  40-char secret keys next to an aws/secret keyword
+    AWS_SECRET_ACCESS_KEY  40-char secret keys next to an aws/secret keyword, or bare with a
+                           real key's shape and entropy
     GOOGLE_API_KEY         AIza... keys (Google / Firebase)
     GITHUB_TOKEN           ghp_/gho_/ghu_/ghs_/ghr_ and github_pat_ tokens
     GITLAB_TOKEN           glpat-, gldt-, glsoat-, GR1348941... tokens
@@ -32,9 +33,10 @@ Secrets (Presidio has none; see ``recognizers/secrets.py`` and ``recognizers/ass
     URL_PASSWORD           the password in ``scheme://user:password@host``
     PASSWORD_ASSIGNMENT    the value in ``password=...``, ``secret: ...``, ``curl -u user:pass``
     BEARER_TOKEN           credentials in ``Authorization:`` style headers (Bearer/Basic/Token)
-    API_TOKEN              other vendors' token formats maintained by Yelp detect-secrets
-                           (npm, PyPI, SendGrid, Twilio, Discord, Telegram, Mailchimp,
-                           Artifactory, Azure storage, Square, IBM, Cloudant, SoftLayer)
+    API_TOKEN              other vendors' tokens: Azure storage keys, Discord tokens and webhooks,
+                           npm/Clojars tokens (own patterns), and the formats maintained by Yelp
+                           detect-secrets (npm, PyPI, SendGrid, Twilio, Discord, Telegram,
+                           Mailchimp, Artifactory, Azure storage, Square, IBM, Cloudant, SoftLayer)
 
 Optional (never emitted unless listed in ``detection.entities``)
     NRP                 nationalities, religious and political groups (spaCy NORP)

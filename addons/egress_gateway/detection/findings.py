@@ -86,9 +86,11 @@ class FindingsCache:
         self.hits = self.misses = 0
 
     @staticmethod
-    def key(text: str, prose: bool | None) -> bytes:
+    def key(text: str, prose: bool | None, context: bytes = b"") -> bytes:
         h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16)
         h.update(b"\x00" if prose is None else b"\x01" if prose else b"\x02")
+        if context:
+            h.update(b"\x03" + context)
         return h.digest()
 
     def get(self, key: bytes) -> tuple[Finding, ...] | None:

@@ -21,7 +21,10 @@ from presidio_analyzer.nlp_engine import (  # noqa: E402
 from presidio_anonymizer import AnonymizerEngine  # noqa: E402
 
 from egress_gateway.detection.entities import SPACY_IGNORED_LABELS, SPACY_LABEL_MAP  # noqa: E402
-from egress_gateway.detection.recognizers.names import person_from_org  # noqa: E402
+from egress_gateway.detection.recognizers.names import (  # noqa: E402
+    extend_name_lists,
+    person_from_org,
+)
 
 #: ``DetectionSettings.model`` -> (importable package, pip requirement). Both hold the official
 #: Explosion en_core_web_{sm,md} 3.8.0 pipelines re-published on PyPI (official models are not
@@ -105,10 +108,9 @@ class NerOnlySpacyNlpEngine(SpacyNlpEngine):
             self.nlp[model["lang_code"]] = nlp
 
     def _doc_to_nlp_artifact(self, doc, language: str) -> NlpArtifacts:
-        ents = [person_from_org(doc, e) for e in doc.ents]
-        entities, scores = self._get_updated_entities(
-            ents, self._get_scores_for_entities(doc)
-        )
+        ents = extend_name_lists(doc, [person_from_org(doc, e) for e in doc.ents])
+        default = self.ner_model_configuration.default_score
+        entities, scores = self._get_updated_entities(ents, [default] * len(ents))
         return NlpArtifacts(
             entities=entities,
             tokens=doc,

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from egress_gateway.detection.fields import field_text
 from egress_gateway.redact import fields
 from egress_gateway.redact.jsonpath import EVERYTHING, Scope, State
 
@@ -69,17 +70,19 @@ def encode_string(value: str) -> str:
     return out
 
 
-def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None):
+def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None, keys=None):
     """Validate `text` as one JSON document and list its scanned string values.
 
     Returns ``[(start, end, value, state)]`` for every string value (not key) that the scope
     selects (``state.selected``) or that a scope path could still reach inside JSON encoded in
     the string; ``state`` is the node's scope state.
-    Raises JsonError for anything that is not strict JSON.
+    Raises JsonError for anything that is not strict JSON. With a list ``keys``, one
+    ``(key, keys of its object)`` pair per returned value is appended to it (``(None, ())``
+    for array items and the root): what detection uses as the value's field context.
     """
     state0 = root if root is not None else scope.root()
     out: list[tuple[int, int, str, State]] = []
-    # frame: [is_object, state, pending key, index]
+    # frame: [is_object, state, pending key, index, last key, keys of the object]
     stack: list[list] = []
     expect = _VALUE
     done = False
@@ -115,17 +118,22 @@ def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None
                     st = state0
                 if kind == "p":  # { or [
                     is_obj = tok == "{"
-                    stack.append([is_obj, st, None, 0])
+                    stack.append([is_obj, st, None, 0, None, []])
                     expect = _KEY_OR_CLOSE if is_obj else _VALUE_OR_CLOSE
                     continue
                 if kind == "s" and not st.dead:
                     out.append((m.start(kind), pos, decode_string(tok), st))
+                    if keys is not None:
+                        keys.append((stack[-1][4], stack[-1][5]) if stack and stack[-1][0] else (None, ()))
         elif expect in (_KEY, _KEY_OR_CLOSE):
             if kind == "s":
                 top = stack[-1]
                 st = top[1]
                 # Keys are decoded only where the scope still has to decide something.
                 top[2] = None if st.final else decode_string(tok)
+                if keys is not None:
+                    top[4] = top[2] if top[2] is not None else decode_string(tok)
+                    top[5].append(top[4])
                 expect = _COLON
                 continue
             if kind == "p" and tok == "}" and expect == _KEY_OR_CLOSE:
@@ -215,14 +223,15 @@ class TextJob:
         self.json_leaves = 0
 
     # -- collecting ----------------------------------------------------------------------
-    def _add(self, value: str, kind: str = "prose", label: str = "") -> _Str:
+    def _add(self, value: str, kind: str = "prose", label: str = "", text: str | None = None) -> _Str:
+        """Queue `value` for analysis (as `text`, when detection gets it with field context)."""
         node = _Str(value, index=len(self.texts))
-        self.texts.append(value)
+        self.texts.append(value if text is None else text)
         self.kinds.append(kind)
         self.labels.append(label)
         return node
 
-    def _string(self, value: str, scope: Scope, state: State, depth: int) -> _Str | None:
+    def _string(self, value: str, scope: Scope, state: State, depth: int, field=None) -> _Str | None:
         mode = scope.mode(state)
         if mode == fields.SKIP:
             return None
@@ -246,18 +255,20 @@ class TextJob:
         if how[0] == "signed":  # analysed (maybe in a normalised form), never rewritten
             self._add(how[1], "signed", scope.label(state))
             return None
-        return self._add(value, how[0], scope.label(state))
+        text = field_text(value, *field) if field and field[0] else None
+        return self._add(value, how[0], scope.label(state), text)
 
     def add_signed(self, text: str, label: str) -> None:
         """A text analysed without NER and never rewritten: a finding refuses (``refused``)."""
         self._add(text, "signed", label)
 
     def _doc(self, text: str, scope: Scope, root: State | None, depth: int) -> _Doc:
-        spans = string_spans(text, scope, root)
+        keys: list = []
+        spans = string_spans(text, scope, root, keys)
         doc = _Doc(text)
         self.json_leaves += len(spans)
-        for start, end, value, st in spans:
-            node = self._string(value, scope, st, depth)
+        for (start, end, value, st), key in zip(spans, keys, strict=True):
+            node = self._string(value, scope, st, depth, key)
             if node is not None:
                 doc.leaves.append((start, end, node))
         return doc

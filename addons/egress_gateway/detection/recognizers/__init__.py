@@ -11,6 +11,8 @@ Modules (each recognizer is one class with ``PATTERNS``, optional ``CONTEXT`` an
   ``curl -u``, authorization headers);
 * ``pii``: Presidio's PII built-ins with the gateway's precision fixes;
 * ``names``: the spaCy NER recognizer's filters, name frames, ORG-to-PERSON relabelling;
+* ``places``: listed places (countries, capitals, US states, large cities);
+* ``keyed``: values under person/place keys inside a text (``city: Galway``, CSV columns);
 * ``custom``: organisation recognizers from the policy (``detection.custom``).
 
 Secrets come from two back-ends that can run side by side (``DetectionSettings.secret_backends``):
@@ -35,22 +37,27 @@ from egress_gateway.detection.recognizers.custom import (
     OrganisationRegexRecognizer,
 )
 from egress_gateway.detection.recognizers.detect_secrets_backend import DetectSecretsRecognizer
+from egress_gateway.detection.recognizers.keyed import KeyedValueRecognizer
 from egress_gateway.detection.recognizers.names import (
     DEFAULT_NER_ALLOW_LIST,
     GatewaySpacyRecognizer,
     NameIntroRecognizer,
 )
 from egress_gateway.detection.recognizers.pii import pii_recognizers
+from egress_gateway.detection.recognizers.places import PlaceListRecognizer
 from egress_gateway.detection.recognizers.secrets import (
     AnthropicKeyRecognizer,
     AwsAccessKeyIdRecognizer,
     AwsSecretAccessKeyRecognizer,
+    AzureStorageKeyRecognizer,
+    DiscordTokenRecognizer,
     GitHubTokenRecognizer,
     GitLabTokenRecognizer,
     GoogleApiKeyRecognizer,
     HuggingFaceTokenRecognizer,
     JwtRecognizer,
     OpenAIKeyRecognizer,
+    PackageRegistryTokenRecognizer,
     PemPrivateKeyRecognizer,
     SlackTokenRecognizer,
     StripeKeyRecognizer,
@@ -70,6 +77,9 @@ SECRET_PATTERN_RECOGNIZERS: tuple[type[SecretPatternRecognizer], ...] = (
     OpenAIKeyRecognizer,
     AnthropicKeyRecognizer,
     HuggingFaceTokenRecognizer,
+    AzureStorageKeyRecognizer,
+    DiscordTokenRecognizer,
+    PackageRegistryTokenRecognizer,
     JwtRecognizer,
     UrlPasswordRecognizer,
     PasswordAssignmentRecognizer,
@@ -92,9 +102,13 @@ def build_recognizers(
     recs: list[EntityRecognizer] = pii_recognizers(entities)
     ner = entities & NER_ENTITIES
     if ner:
-        recs.append(GatewaySpacyRecognizer(sorted(ner), common_words))
+        recs.append(GatewaySpacyRecognizer(sorted(ner), common_words, english_words))
         if "PERSON" in ner:
-            recs.append(NameIntroRecognizer(english_words))
+            recs.append(NameIntroRecognizer(english_words, common_words))
+        if "LOCATION" in ner:
+            recs.append(PlaceListRecognizer(common_words))
+        if ner & {"PERSON", "LOCATION"}:
+            recs.append(KeyedValueRecognizer())
     if "patterns" in settings.secret_backends:
         recs += [
             cls(report_placeholders=settings.report_placeholder_tokens)

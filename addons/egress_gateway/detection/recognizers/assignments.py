@@ -91,6 +91,35 @@ class PasswordAssignmentRecognizer(SecretPatternRecognizer):
             0.7,
         ),
         Pattern(
+            "xml_key_value",
+            r"(?i)\bkey=[\"'][\w.:\-]*" + CREDENTIAL_KEYWORD + r"[\w.:\-]*[\"'][ \t]+value="
+            r"[\"'](?P<secret>[^\"'\n]{4,200})[\"']",
+            0.8,
+        ),
+        Pattern(
+            "xml_element",
+            r"(?i)<(?P<tag>[\w.:\-]*" + CREDENTIAL_KEYWORD + r"[\w.:\-]*)>(?P<secret>[^<>\n]{4,200})"
+            r"</(?P=tag)>",
+            0.8,
+        ),
+        Pattern(
+            "netrc_password",
+            r"(?i)\bmachine[ \t]+\S+(?:[ \t]+login[ \t]+\S+)?[ \t]+password[ \t]+(?P<secret>\S{4,200})",
+            0.8,
+        ),
+        Pattern(
+            "mysql_p",
+            r"\b(?:mysql|mysqldump|mysqladmin|mariadb)\b[^\n]*?[ \t]-p(?:'(?P<secret>[^'\n]{4,200})'"
+            r"|\"(?P<secret>[^\"\n]{4,200})\"|(?P<secret>[^\s'\"\-][^\s'\"]{3,200}))",
+            0.8,
+        ),
+        Pattern(
+            "env_name_value",
+            r"(?i)name:[ \t]*[\"']?[\w.\-]*" + CREDENTIAL_KEYWORD + r"[\w.\-]*[\"']?[ \t]*\r?\n"
+            r"[ \t]*(?:-[ \t]*)?value:[ \t]*[\"']?(?P<secret>[^\s\"']{4,200})",
+            0.8,
+        ),
+        Pattern(
             "openssl_pass",
             r"(?i)-pass(?:in|out)?[ \t]+[\"']?pass:(?P<secret>[^\s\"']{4,200})",
             0.8,

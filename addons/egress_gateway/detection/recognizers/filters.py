@@ -20,10 +20,10 @@ PLACEHOLDER_WORDS = frozenset(
 )  # fmt: skip
 
 #: Whole-value templates: ``${VAR}``, ``$VAR``, ``$(cmd)``, ``{{ var }}``, ``<placeholder>``,
-#: ``%(name)s``, ``%s``, ``[PASSWORD]``, ``{secret}``, ``****``, ``...``.
+#: ``%(name)s``, ``%s``, ``[PASSWORD]``, ``{secret}``, ``****``, ``...``, ``%WINDOWS_VAR%``.
 TEMPLATE_RE = re.compile(
     r"^(?:\$[{(].*|\{\{.*\}\}|\$[A-Za-z_]\w*|\$\d|<[^<>]*>|%\(\w+\)s|%s|"
-    r"\[[A-Za-z_ \-]+\]|\{[^{}]*\}|\*+|\.{3,}|…)$",
+    r"\[[A-Za-z_ \-]+\]|\{[^{}]*\}|\*+|\.{3,}|…|%[A-Za-z_]\w*%)$",
     re.DOTALL,
 )
 # Keywords that name a credential, and affixes that make the name something else.
@@ -36,8 +36,14 @@ KEYWORD_RE = re.compile("(?i)[\\w.\\-]{0,20}" + CREDENTIAL_KEYWORD + "[\\w.\\-]{
 
 #: Long runs of one placeholder character: ``xxxx``, ``XXXX``, ``****``, ``####``, ``0000``.
 PLACEHOLDER_RUN_RE = re.compile(r"(?i)(?:x{6,}|\*{4,}|#{4,}|\.{4,}|0{16,}|_{6,})")
-#: Dotted identifiers (``config.password``, ``X25519.secret_length``, ``os.environ.get(``).
-CODE_REF_RE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(.*)?$")
+#: Dotted identifiers (``config.password``, ``X25519.secret_length``, ``os.environ.get(``,
+#: ``os.environ["X"]``).
+CODE_REF_RE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:[(\[].*)?$")
+#: Words that mark documentation values (``AKIAIOSFODNN7EXAMPLE``, ``your_api_key``).
+PLACEHOLDER_MARKERS = ("example", "placeholder", "your_", "your-", "dummy", "fake")
+_MARKER_RE = re.compile("(?i)" + "|".join(re.escape(m) for m in PLACEHOLDER_MARKERS))
+#: 40 hex digits: a git commit or SHA-1, everywhere in agent traffic, never "random-looking".
+HEX40_RE = re.compile(r"[0-9a-fA-F]{40}")
 
 
 def char_classes(value: str) -> int:
@@ -60,6 +66,15 @@ def shannon_entropy(value: str) -> float:
     return -sum(k / n * math.log2(k / n) for k in counts.values())
 
 
+def looks_random(value: str) -> bool:
+    """A real secret's shape: 16+ characters of 3+ character classes at 3.5+ bits of entropy
+    per character (a random 16-char token has ~3.8, a 40-char one ~4.9). 40-hex strings (git
+    SHAs) never are."""
+    if len(value) < 16 or HEX40_RE.fullmatch(value):
+        return False
+    return char_classes(value) >= 3 and shannon_entropy(value) >= 3.5
+
+
 def is_placeholder(value: str) -> bool:
     """True for template references, placeholder words/runs and low-variety strings."""
     v = value.strip().strip("'\"`")
@@ -70,7 +85,9 @@ def is_placeholder(value: str) -> bool:
         return True
     if KEYWORD_RE.fullmatch(low):  # access_token=ACCESS_TOKEN
         return True
-    if any(w in low for w in ("example", "placeholder", "your_", "your-", "dummy", "fake")):
+    if _MARKER_RE.search(v) and not looks_random(_MARKER_RE.sub("", v)):
+        # A marker makes a value a documentation example only when the rest of it does not
+        # have a real secret's shape and entropy: "wJalr...EXAMPLEKEY" is still redacted.
         return True
     if len(v) >= 16 and len(set(v)) <= 4:  # AIzaaaaaaaa..., 1111111111...
         return True

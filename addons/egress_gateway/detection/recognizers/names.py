@@ -22,6 +22,7 @@ DEFAULT_NER_ALLOW_LIST = frozenset(
         "json", "yaml", "html", "css", "sql", "postgres", "mysql", "redis", "nginx", "aws",
         "azure", "gcp", "npm", "pip", "api", "http", "https", "url", "uuid", "todo", "fixme",
         "user", "assistant", "system", "human", "bot", "ok", "hi", "hello", "thanks",
+        "visa", "mastercard", "amex", "maestro", "paypal",
     }
 )  # fmt: skip
 
@@ -37,10 +38,14 @@ class GatewaySpacyRecognizer(SpacyRecognizer):
     TITLE_BEFORE = re.compile(r"(?i)\b(?:mr|mrs|ms|miss|dr|prof|sir|madam|dear|name is|named)\.?\s*$")
 
     def __init__(
-        self, supported_entities: Iterable[str], common_words: frozenset[str] = frozenset()
+        self,
+        supported_entities: Iterable[str],
+        common_words: frozenset[str] = frozenset(),
+        english_words: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(supported_entities=list(supported_entities), ner_strength=0.85)
         self.common_words = common_words
+        self.english_words = english_words
 
     def analyze(self, text, entities, nlp_artifacts=None):  # noqa: D102
         kept = []
@@ -51,10 +56,10 @@ class GatewaySpacyRecognizer(SpacyRecognizer):
             if (
                 r.entity_type == "PERSON"
                 and " " not in value
-                and value.lower() in self.common_words
+                and is_common_word(value, self.common_words, self.english_words)
                 and not self.TITLE_BEFORE.search(text[max(0, r.start - 12) : r.start])
             ):
-                continue  # "Discipline", "React": a common word, not a name
+                continue  # "Discipline", "Officials": a common word, not a name
             kept.append(r)
         return kept
 
@@ -105,9 +110,16 @@ class NameIntroRecognizer(PatternRecognizer):
         r"(?:\b(?i:called|sincerely,?|regards,?|signed,?|(?:name|contact|patient|customer|employee)"
         r"[ \t]*:)|\b(?:said|asked|told|says|replied|wrote|thanked|shouted[ \t]+at))[ \t]+"
     )
+    #: "for customer Jane Whitfield", "patient Ana Souza": a role word before a first and
+    #: last name (two title-case words, not both English words: "customer Service Desk").
+    ROLE = (
+        r"\b(?i:customer|client|patient|employee|passenger|applicant|tenant|guest|user|"
+        r"contact|maintainer|owner|author)[ \t]+"
+    )
     PATTERNS = [
         Pattern("name_intro_strong", STRONG + rf"(?P<name>{_TITLE_NAME}|{_LOWER_NAME})", 0.9),
         Pattern("name_intro_weak", WEAK + rf"(?P<name>{_TITLE_NAME})", 0.75),
+        Pattern("name_after_role", ROLE + rf"(?P<name>{_TITLE_TOKEN}[ \t]+{_TITLE_TOKEN}){_END}", 0.75),
         # "Jane said", "Jane Doe wrote:" (a sentence-initial name before a speech verb)
         Pattern(
             "name_speech",
@@ -117,24 +129,38 @@ class NameIntroRecognizer(PatternRecognizer):
         ),
     ]
 
-    def __init__(self, english_words: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        english_words: frozenset[str] = frozenset(),
+        common_words: frozenset[str] = frozenset(),
+    ) -> None:
+        self.common_words = common_words
         super().__init__(
             supported_entity="PERSON",
             name="NameIntroRecognizer",
             patterns=[Pattern(p.name, p.regex, p.score) for p in self.PATTERNS],
             global_regex_flags=re.MULTILINE,
         )
-        self._rx = [(re.compile(p.regex, re.MULTILINE), p.score) for p in self.PATTERNS]
+        self._rx = [(re.compile(p.regex, re.MULTILINE), p.score, p.name) for p in self.PATTERNS]
         self.english_words = english_words
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # noqa: D102
         out = []
-        for rx, score in self._rx:
+        for rx, score, pattern in self._rx:
             for m in rx.finditer(text):
                 start, end = m.span("name")
                 name = text[start:end]
+                if pattern == "name_after_role" and all(
+                    w.lower() in self.english_words or w.lower()[:-1] in self.english_words
+                    for w in name.split()
+                ):
+                    continue  # "customer Service Desk": English words, not a first and last name
                 if name.lower() in DEFAULT_NER_ALLOW_LIST or name.split()[0].lower() in _NOT_NAMES:
                     continue
+                if score < 0.9 and " " not in name and is_common_word(
+                    name, self.common_words, self.english_words
+                ):
+                    continue  # "Police said", "Officials said": not a name in a weak frame
                 if name[0].islower():
                     first = name.split()[0]
                     if not self.LOWER_OK.search(text[max(0, start - 40) : start]) or (
@@ -143,6 +169,13 @@ class NameIntroRecognizer(PatternRecognizer):
                         continue
                 out.append(make_result(self, "PERSON", start, end, score))
         return out
+
+
+def is_common_word(word: str, common_words: frozenset[str], english_words: frozenset[str]) -> bool:
+    """A lone capitalised word that is an English verb, adjective or adverb ("Police",
+    "Discipline"). English nouns are not enough: WordNet lists many first names ("john",
+    "logan"); nor are plurals ("Officials" and "Wildfires", but also "Burns" and "Wells")."""
+    return word.lower() in common_words
 
 
 #: Words that follow a name frame without being a name ("Dear Sir", "called The...").
@@ -181,3 +214,41 @@ def person_from_org(doc, ent):
         return ent
     return Span(doc, tokens[0].i, tokens[-1].i + 1, label="PERSON")
 
+
+
+def _name_token(token) -> bool:
+    return token.is_alpha and len(token.text) > 1 and token.text[0].isupper() and not token.is_stop
+
+
+def extend_name_lists(doc, ents: list) -> list:
+    """Lists of single capitalised words ("Efimiya, Mary, Ariana, Isabel and Jodi") in which
+    at least half of the members are PERSON entities: the other members become PERSON too
+    (spaCy's small model tags some members of such a list and misses or mistypes the
+    others). Multi-word entities inside the list are left as they are."""
+    by_token = {i: e for e in ents for i in range(e.start, e.end)}
+    replace: dict[int, Span] = {}
+    i, n = 0, len(doc)
+    while i < n:
+        members, j = [], i
+        while j < n and _name_token(doc[j]):
+            members.append(j)
+            k = j + 1
+            if k < n and doc[k].text in (",", "&"):
+                k += 1
+            if k < n and doc[k].lower_ == "and":
+                k += 1
+            if k == j + 1 or k >= n or not _name_token(doc[k]):
+                break
+            j = k
+        if len(members) >= 3:
+            single = {m: by_token.get(m) for m in members}
+            persons = [m for m, e in single.items() if e is not None and e.label_ == "PERSON"]
+            if 2 * len(persons) >= len(members):
+                for m, e in single.items():
+                    if e is None or (e.label_ != "PERSON" and len(e) == 1):
+                        replace[m] = Span(doc, m, m + 1, label="PERSON")
+        i = members[-1] + 1 if members else i + 1
+    if not replace:
+        return ents
+    kept = [e for e in ents if not (len(e) == 1 and e.start in replace)]
+    return sorted(kept + list(replace.values()), key=lambda s: s.start)

@@ -6,7 +6,7 @@ import string
 
 import phonenumbers
 import regex as re
-from presidio_analyzer import EntityRecognizer, RecognizerResult
+from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
@@ -82,8 +82,8 @@ class GatewayPhoneRecognizer(PhoneRecognizer):
             digits = sum(c.isdigit() for c in m.group())
             if not 7 <= digits <= 15 or (m.start(), m.end()) in found:
                 continue
-            if self.SSN_SHAPE.fullmatch(m.group()):
-                continue  # 3-2-4 is the US SSN layout, never a phone grouping
+            if self.SSN_SHAPE.fullmatch(m.group()) or self.TABLE_ROW.search(m.group()):
+                continue  # the US SSN layout, or a row of a table of small numbers
             if letters_in_enclosing_token(text, m.start(), m.end()):
                 continue
             if re.fullmatch(r"\d{1,2}[./\-]\d{1,2}[./\-]\d{2,4}|\d{4}[./\-]\d{1,2}[./\-]\d{1,2}",
@@ -94,11 +94,24 @@ class GatewayPhoneRecognizer(PhoneRecognizer):
             )
         return EntityRecognizer.remove_duplicates(results)
 
-    SSN_SHAPE = re.compile(r"\d{3}-\d{2}-\d{4}")
+    #: 3-2-4 digits with one separator (``078-05-1123``, ``078.05.1123``, ``078 05 1123``):
+    #: the US SSN layout, never a phone grouping.
+    SSN_SHAPE = re.compile(r"\d{3}([-. ])\d{2}\1\d{4}")
+    #: Rows of small numbers (sports tables, scores, lottery draws): four or more groups of
+    #: one or two digits of which one is a single digit (``12 9 2 1 27``), or six or more
+    #: such groups (``07 19 23 31 42 48``). No numbering plan writes a phone number that way;
+    #: French-style pairs (``06 12 34 56 78``: five pairs) still are phone numbers. Three or
+    #: more pairs and a 3-digit group are a golf card (``68 71 69 208``).
+    TABLE_ROW = re.compile(
+        r"(?<!\d)(?=(?:\d{1,2}[ \t]+){3}\d{1,2}(?!\d))(?:\d\d[ \t]+)*\d(?:[ \t]|(?!\d))"
+        r"|(?<!\d)(?:\d{1,2}[ \t]+){5,}\d{1,2}(?!\d)"
+        r"|(?<!\d)(?:\d\d[ \t]+){3,}\d{3}(?!\d)"  # golf: three rounds and the total
+    )
 
     def _score(self, text: str, start: int, end: int) -> float:
-        if letters_in_enclosing_token(text, start, end) or self.SSN_SHAPE.fullmatch(
-            text[start:end]
+        value = text[start:end]
+        if letters_in_enclosing_token(text, start, end) or self.SSN_SHAPE.fullmatch(value) or (
+            self.TABLE_ROW.search(value)
         ):
             return 0.0
         value = text[start:end]
@@ -119,6 +132,35 @@ class GatewayEmailRecognizer(EmailRecognizer):
             r for r in results if not self.USERINFO.search(text[max(0, r.start - 200) : r.end])
             or "://" not in text[max(0, r.start - 200) : r.start]
         ]
+
+
+class InternalEmailRecognizer(PatternRecognizer):
+    """E-mail addresses on internal and reserved domains (``ops@payments.internal``,
+    ``x@corp.example``, ``bot@ci.local``, ``a@eng.corp``, ``k@home.lan``), which Presidio's
+    recognizer rejects because their top-level domain is not on the public suffix list. They
+    are exactly the addresses internal services return. Scored like a validated address."""
+
+    #: Reserved (RFC 2606, RFC 6761, RFC 6762) and customary private top-level domains.
+    TLDS = ("example", "internal", "local", "localdomain", "corp", "lan", "home", "intranet",
+            "private", "test", "invalid", "localhost", "home.arpa")  # fmt: skip
+    PATTERNS = [
+        Pattern(
+            "internal_email",
+            r"(?<![\w.+\-])[A-Za-z0-9](?:[\w.+\-]{0,62}[\w+\-])?@"
+            r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)*"
+            r"(?i:" + "|".join(re.escape(t) for t in TLDS) + r")(?![\w\-]|\.\w)",
+            1.0,
+        )
+    ]
+    CONTEXT: list[str] = []
+
+    def __init__(self) -> None:
+        super().__init__(supported_entity="EMAIL_ADDRESS", name="InternalEmailRecognizer",
+                         patterns=self.PATTERNS)  # fmt: skip
+
+    def validate_result(self, pattern_text: str) -> bool | None:  # noqa: D102
+        local = pattern_text.split("@", 1)[0]
+        return False if ".." in local else None
 
 
 class _TokenGuardMixin:
@@ -151,6 +193,17 @@ class GatewayCreditCardRecognizer(_TokenGuardMixin, CreditCardRecognizer):
     ten passes Luhn (epoch-millisecond timestamps, order numbers).
     """
 
+    #: Presidio's patterns, plus Mastercard's 2-series (2221-2720), scored like them (Luhn-valid
+    #: numbers of a known issuer prefix score 1.0 without a context word).
+    PATTERNS = [
+        *CreditCardRecognizer.PATTERNS,
+        Pattern(
+            "mastercard_2_series",
+            r"(?<![\w\-.])2(?:22[1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720)([ \-]?)\d{4}\1\d{4}\1\d{4}"
+            r"(?![\w\-])",
+            0.3,
+        ),
+    ]
     ANY_LENGTH = re.compile(r"(?<![\w\-.])\d{4}(?:[ \-]?\d{2,4}){2,4}(?:[ \-]?\d{1,3})?(?![\w\-])")
     CONTEXT = [
         "credit", "card", "cards", "cc", "visa", "mastercard", "amex", "discover", "jcb",
@@ -158,7 +211,7 @@ class GatewayCreditCardRecognizer(_TokenGuardMixin, CreditCardRecognizer):
     ]  # fmt: skip
 
     def __init__(self) -> None:
-        super().__init__(context=list(self.CONTEXT))
+        super().__init__(patterns=list(self.PATTERNS), context=list(self.CONTEXT))
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # noqa: D102
         results = super().analyze(text, entities, nlp_artifacts, regex_flags)
@@ -193,19 +246,20 @@ class GatewayIpRecognizer(IpRecognizer):
 
 
 
-#: Pattern-based PII recognizer per entity (NER entities come from ``names.py``).
-PII_RECOGNIZERS: dict[str, type[EntityRecognizer]] = {
-    "EMAIL_ADDRESS": GatewayEmailRecognizer,
-    "PHONE_NUMBER": GatewayPhoneRecognizer,
-    "CREDIT_CARD": GatewayCreditCardRecognizer,
-    "US_SSN": GatewayUsSsnRecognizer,
-    "IBAN_CODE": IbanRecognizer,
-    "IP_ADDRESS": GatewayIpRecognizer,
-    "US_BANK_NUMBER": GatewayUsBankRecognizer,
-    "US_PASSPORT": GatewayUsPassportRecognizer,
-}
+#: Pattern-based PII recognizers per entity (NER entities come from ``names.py``).
+PII_RECOGNIZERS: tuple[tuple[str, type[EntityRecognizer]], ...] = (
+    ("EMAIL_ADDRESS", GatewayEmailRecognizer),
+    ("EMAIL_ADDRESS", InternalEmailRecognizer),
+    ("PHONE_NUMBER", GatewayPhoneRecognizer),
+    ("CREDIT_CARD", GatewayCreditCardRecognizer),
+    ("US_SSN", GatewayUsSsnRecognizer),
+    ("IBAN_CODE", IbanRecognizer),
+    ("IP_ADDRESS", GatewayIpRecognizer),
+    ("US_BANK_NUMBER", GatewayUsBankRecognizer),
+    ("US_PASSPORT", GatewayUsPassportRecognizer),
+)
 
 
 def pii_recognizers(entities: set[str]) -> list[EntityRecognizer]:
     """Presidio recognizers for the PII entities requested (pattern based; NER is separate)."""
-    return [cls() for entity, cls in PII_RECOGNIZERS.items() if entity in entities]
+    return [cls() for entity, cls in PII_RECOGNIZERS if entity in entities]

@@ -6,7 +6,12 @@ import regex as re
 from presidio_analyzer import Pattern
 
 from egress_gateway.detection.recognizers.base import SecretPatternRecognizer
-from egress_gateway.detection.recognizers.filters import PLACEHOLDER_RUN_RE, char_classes, is_placeholder
+from egress_gateway.detection.recognizers.filters import (
+    PLACEHOLDER_RUN_RE,
+    char_classes,
+    is_placeholder,
+    shannon_entropy,
+)
 
 # Boundaries for tokens: not preceded/followed by another token character.
 _B = r"(?<![A-Za-z0-9_\-])"
@@ -28,21 +33,38 @@ class AwsAccessKeyIdRecognizer(SecretPatternRecognizer):
 
 
 class AwsSecretAccessKeyRecognizer(SecretPatternRecognizer):
-    """AWS secret keys: exactly 40 base64 characters assigned to an aws/secret-ish keyword.
+    """AWS secret access keys: exactly 40 base64 characters.
 
-    Without the keyword any 40-char base64 string (git SHAs are hex, but many ids are not)
-    would match, so the keyword is part of the regex rather than optional context.
+    * assigned to an aws/secret-ish key (``aws_secret_access_key = ...``, YAML, env files,
+      ``"SecretAccessKey": "..."``, a Kubernetes ``name: AWS_SECRET_ACCESS_KEY`` /
+      ``value: ...`` pair) at 0.9;
+    * bare (a key pasted into a prompt) at 0.6, only when it has the shape and entropy of a
+      real key: upper and lower case, digits and at least one ``+`` or ``/``, and 3.5+ bits of
+      entropy per character. 40-hex strings (git SHAs) and paths (no digits) never match.
+
+    A placeholder marker inside a value of that shape (``...EXAMPLE...``) does not make it
+    pass (``filters.is_placeholder``).
     """
 
     ENTITY = "AWS_SECRET_ACCESS_KEY"
+    _KEY40 = r"(?P<secret>(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
     PATTERNS = [
         Pattern(
             "aws_secret_assignment",
             r"(?i:(?:aws|amazon|secret_?access|secretaccess)[\w.\-]{0,30})[\"'\]]{0,2}\s{0,3}"
-            r"(?:=>|:=|=|:)\s{0,3}[\"']?"
-            r"(?P<secret>(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",
+            r"(?:=>|:=|=|:)\s{0,3}[\"']?" + _KEY40,
             0.9,
-        )
+        ),
+        Pattern(
+            "aws_secret_env_pair",
+            r"(?i:aws_secret_access_key)[\"']?[ \t]*\r?\n[ \t]*(?:-[ \t]*)?value:[ \t]*[\"']?" + _KEY40,
+            0.9,
+        ),
+        Pattern(
+            "aws_secret_bare",
+            r"(?<![\w/+=.\-])(?=[A-Za-z0-9]{0,39}[+/])(?P<secret>[A-Za-z0-9/+]{40})(?![\w/+=\-]|\.\w)",
+            0.6,
+        ),
     ]
 
     VENDOR_FORMAT = False
@@ -51,6 +73,15 @@ class AwsSecretAccessKeyRecognizer(SecretPatternRecognizer):
         if is_placeholder(pattern_text) or char_classes(pattern_text) < 3:
             return False
         return None
+
+    def accept_span(self, text: str, start: int, end: int) -> bool:
+        value = text[start:end]
+        bare = not re.search(r"[=:][ \t\"']*$|value:[ \t\"']*$", text[max(0, start - 12) : start])
+        if bare:
+            return char_classes(value) == 4 and shannon_entropy(value) >= 4.0 and bool(
+                re.search(r"\d", value)
+            )
+        return True
 
 
 class GoogleApiKeyRecognizer(SecretPatternRecognizer):
@@ -194,6 +225,66 @@ class HuggingFaceTokenRecognizer(SecretPatternRecognizer):
         if PLACEHOLDER_RUN_RE.search(tail) or len(set(tail)) < 10:
             return False
         return None
+
+
+class AzureStorageKeyRecognizer(SecretPatternRecognizer):
+    """Azure storage account keys: 88 base64 characters (64 bytes, ending ``==``) after an
+    ``AccountKey=`` / ``account_key`` / ``AZURE_STORAGE_KEY`` / ``--account-key`` key.
+
+    The key is required: bare 88-character base64 strings are mostly ``sha512-`` integrity
+    hashes (package-lock files), which are not secrets.
+    """
+
+    ENTITY = "API_TOKEN"
+    VENDOR_FORMAT = False
+    PATTERNS = [
+        Pattern(
+            "azure_storage_key",
+            r"(?i:account_?key|azure_?storage_?(?:account_?)?key|storage_?key|--account-key)"
+            r"[\"']?[ \t]*[=:]?[ \t]*[\"']?"
+            r"(?P<secret>(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{86}==)(?![A-Za-z0-9+/=])",
+            0.9,
+        ),
+    ]
+
+
+class DiscordTokenRecognizer(SecretPatternRecognizer):
+    """Discord bot tokens (base64 user id ``.`` 6-char timestamp ``.`` 27-38 char HMAC) and
+    webhook URLs (``discord.com/api/webhooks/<id>/<68-char token>``)."""
+
+    ENTITY = "API_TOKEN"
+    PATTERNS = [
+        Pattern(
+            "discord_bot_token",
+            _B + r"[MNO][A-Za-z\d_\-]{23,27}\.[A-Za-z\d_\-]{6}\.[A-Za-z\d_\-]{27,38}" + _E,
+            0.9,
+        ),
+        Pattern(
+            "discord_webhook",
+            r"https?://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d{17,20}/"
+            r"[A-Za-z0-9_\-]{60,68}",
+            0.95,
+        ),
+    ]
+
+
+class PackageRegistryTokenRecognizer(SecretPatternRecognizer):
+    """Package registry tokens: npm (``npm_`` + 36), Clojars (``CLOJARS_`` + 60), and any
+    ``_authToken=`` value in an ``.npmrc`` (legacy npm tokens are UUIDs)."""
+
+    ENTITY = "API_TOKEN"
+    PATTERNS = [
+        Pattern("npm_token", _B + r"npm_[A-Za-z0-9]{36}" + _E, 0.95),
+        Pattern("clojars_token", _B + r"CLOJARS_[a-z0-9]{60}" + _E, 0.95),
+        Pattern(
+            "npmrc_auth_token",
+            r":_auth(?:Token)?[ \t]*=[ \t]*[\"']?(?P<secret>[^\s\"']{8,})",
+            0.9,
+        ),
+    ]
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        return False if is_placeholder(pattern_text) else None
 
 
 class JwtRecognizer(SecretPatternRecognizer):
