@@ -114,6 +114,9 @@ SPECIFIC_NOT = [
     ("date_in_iban", "IBAN GB82WEST12345698765432", "DATE_TIME"),
     ("model_id_bank", "claude-opus-4-1-20250805", "US_BANK_NUMBER"),
     ("model_id_phone", "claude-sonnet-4-5-20250929", "PHONE_NUMBER"),
+    ("iso_date_hour_phone", "502s since 2025-11-30 14:05 UTC", "PHONE_NUMBER"),
+    ("iso_date_time_phone", "at 2025-11-30T14:05:09 retried", "PHONE_NUMBER"),
+    ("iso_date_hour_phone_context", "call or text me since 2025-11-30 14:05 UTC", "PHONE_NUMBER"),
     ("url_password_not_email", "https://admin:s3cretPw@db.example.com/x", "EMAIL_ADDRESS"),
 ]
 

@@ -35,8 +35,7 @@ KNOWN_MISSES = {"Jane Whitfield", "Marcus Oyelaran", "Priya Raman"}
 # A date-time read as a phone number is a detection defect; an example e-mail address in a tool
 # description is a true pattern hit (instructions get patterns by design). Both are rewritten the
 # same way on every turn, so prompt caching still hits.
-AGENT_INSTRUCTION_HITS = {("system", 1, "text"): "2025-11-30 14:05",
-                          ("tools", 5, "description"): "someone@example.com"}
+AGENT_INSTRUCTION_HITS = {("tools", 5, "description"): "someone@example.com"}
 # The scope shipped before field modes (messages[*].content only), for the before/after figure.
 OLD_SCOPE = Scope(["messages[*].content"], [
     "messages[*].content[*].type", "messages[*].content[*].id",

@@ -89,6 +89,8 @@ class GatewayPhoneRecognizer(PhoneRecognizer):
             if re.fullmatch(r"\d{1,2}[./\-]\d{1,2}[./\-]\d{2,4}|\d{4}[./\-]\d{1,2}[./\-]\d{1,2}",
                             m.group()):
                 continue  # dates
+            if self._date_time(text, m.start(), m.end()):
+                continue  # an ISO date and the hour after it
             results.append(
                 make_result(self, self.supported_entities[0], m.start(), m.end(), self.BARE_SCORE)
             )
@@ -108,10 +110,19 @@ class GatewayPhoneRecognizer(PhoneRecognizer):
         r"|(?<!\d)(?:\d\d[ \t]+){3,}\d{3}(?!\d)"  # golf: three rounds and the total
     )
 
+    #: An ISO date, with an hour (and minutes, seconds) after it: ``2025-11-30 14:05``. The
+    #: phone matcher reads ``2025-11-30 14`` as a number; no numbering plan starts with a date.
+    DATE_TIME = re.compile(r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?:[ T]\d{1,2}(?::\d\d){0,2})?")
+
+    def _date_time(self, text: str, start: int, end: int) -> bool:
+        """The match [start, end) lies inside an ISO date or date-time written at `start`."""
+        m = self.DATE_TIME.match(text, start)
+        return m is not None and m.end() >= end
+
     def _score(self, text: str, start: int, end: int) -> float:
         value = text[start:end]
         if letters_in_enclosing_token(text, start, end) or self.SSN_SHAPE.fullmatch(value) or (
-            self.TABLE_ROW.search(value)
+            self.TABLE_ROW.search(value) or self._date_time(text, start, end)
         ):
             return 0.0
         value = text[start:end]
