@@ -142,7 +142,8 @@ class Gateway:
 
     def __init__(self, workdir: Path, policy: str | Path, *, confdir: Path,
                  extra_args: list[str] | None = None, env: dict | None = None,
-                 command: list[str] | None = None, wait: bool = True, timeout: float = 60):
+                 command: list[str] | None = None, wait: bool = True, timeout: float = 60,
+                 audit_log: bool = True):
         self.workdir = workdir
         self.port = free_port()
         self.log_path = workdir / f"gateway-{self.port}.log"
@@ -159,8 +160,9 @@ class Gateway:
         self.policy_path = policy_path
         args = command or [str(RUN)]
         args += ["-p", str(self.port), "--set", f"gateway_policy={policy_path}",
-                 "--set", f"gateway_audit_log={self.audit_path}",
                  "--set", f"confdir={confdir}", "--set", "ssl_insecure=true"]
+        if audit_log:  # else the gateway's default (<gateway_recordings>/audit.jsonl)
+            args += ["--set", f"gateway_audit_log={self.audit_path}"]
         args += extra_args or []
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(

@@ -12,9 +12,11 @@ from egress_gateway.approvals.addon import Approvals
 from egress_gateway.core import Core
 from egress_gateway.credentials.addon import CredentialGuard, CredentialInjector
 from egress_gateway.egress.addon import Egress
+from egress_gateway.egress.upgrade import UpgradeGuard
 from egress_gateway.postgres.addon import Postgres
 from egress_gateway.recording.addon import Recorder
 from egress_gateway.redact.addon import Redactor
+from egress_gateway.redact.headers import HeaderScanner, SessionIdCheck
 from egress_gateway.session import Session
 
 # addon class -> {hook: what it does there}, in the order of the bundle. (The readiness gate,
@@ -51,6 +53,17 @@ HOOKS: dict[str, dict[str, str]] = {
         "server_connected": "restores the requested name as the connection's address",
         "server_connect_error": "forgets the pinned address",
         "dns_request": "refuses lookups of names off the allowlist (DNS mode)",
+    },
+    "UpgradeGuard": {
+        "requestheaders": "refuses an Upgrade that is not an inspectable WebSocket (415)",
+        "response": "replaces a 101 that will not become a WebSocket with the refusal",
+    },
+    "HeaderScanner": {
+        "http_connect": "refuses a CONNECT whose wildcard-allowed host labels carry data",
+        "requestheaders": "scans method, URL keys/fragment, host labels and headers (no NER)",
+        "request": "scans them again, and the trailers",
+        "responseheaders": "scans the response headers (Set-Cookie included)",
+        "response": "scans the trailers; completes a refusal made at responseheaders",
     },
     "Redactor": {
         "load": "declares gateway_body_limit, gateway_scan_workers, gateway_scan_timeout",
@@ -128,8 +141,10 @@ def make_addons() -> list:
     # can read the flow); the injector after approvals and redaction, before the recorder (it
     # marks the final request for injection on the wire). The recorder records the final flow
     # and writes its audit line; the closer closes the audit log after it.
+    # The upgrade guard before the redactor: a refused switch is never scanned or forwarded.
     # The PostgreSQL lane owns its connections with its own protocol layer; it records through
     # the recorder (one TCP flow per statement), so it sits just before it.
     recorder = Recorder(core)
-    return [core, Session(core.connections), CredentialGuard(core), egress, redactor, approvals,
+    return [core, Session(core.connections, SessionIdCheck(core)), CredentialGuard(core), egress,
+            UpgradeGuard(core), HeaderScanner(core, redactor), redactor, approvals,
             CredentialInjector(core), Postgres(core, recorder), recorder, core.closer]

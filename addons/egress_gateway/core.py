@@ -81,8 +81,9 @@ class Core:
             "keeps the last good policy.",
         )
         loader.add_option(
-            "gateway_audit_log", str, str(RECORDINGS / "audit.jsonl"),
-            "Audit log: one JSON line per flow.",
+            "gateway_audit_log", str, "",
+            "Audit log: one JSON line per flow (default: <gateway_recordings>/audit.jsonl). "
+            "One gateway at a time holds it (a lock file beside it).",
         )
         recording_settings.add_hmac_option(loader)
         self.gate = install_gate()
@@ -137,12 +138,12 @@ class Core:
             raise exceptions.OptionsError(str(e)) from None
         # The recorder's option (when it is loaded): lines are synced like the recordings.
         fsync = bool(getattr(opts, "gateway_recording_fsync", False))
-        if "gateway_audit_log" in updated or self.audit is None:
+        if updated & {"gateway_audit_log", "gateway_recordings"} or self.audit is None:
             if self.audit:
                 self.audit.close()
                 self.audit = None
             try:
-                self.audit = AuditLog(Path(opts.gateway_audit_log).expanduser(), key, fsync)
+                self.audit = AuditLog(audit_log_path(opts), key, fsync)
             except OSError as e:
                 raise exceptions.OptionsError(f"cannot open gateway_audit_log: {e}") from None
         else:
@@ -216,7 +217,17 @@ class Core:
         return compile_policy(policy, self.compilers, str(path))
 
 
-AUDIT_OPTIONS = frozenset({"gateway_audit_log", "gateway_audit_hmac_env", "gateway_recording_fsync"})
+AUDIT_OPTIONS = frozenset({"gateway_audit_log", "gateway_audit_hmac_env", "gateway_recording_fsync",
+                           "gateway_recordings"})
+
+
+def audit_log_path(opts) -> Path:
+    """The audit log: the option, else ``<gateway_recordings>/audit.jsonl`` (so that `verify
+    DIR` finds it and two gateways with their own folders never share one chain)."""
+    if opts.gateway_audit_log:
+        return Path(opts.gateway_audit_log).expanduser()
+    folder = getattr(opts, "gateway_recordings", "") or ""
+    return (Path(folder).expanduser() if folder else RECORDINGS) / "audit.jsonl"
 
 
 class AuditCloser:

@@ -3,7 +3,8 @@
 mitmproxy's protocol errors quote what they could not parse (``Bad HTTP request line:
 b'GET /?token=...'``, ``unexpected server response: b'<html>...'``): bytes from the agent or
 an upstream that no scanner has seen. The filter replaces every quoted bytes literal in a log
-record with its length. It sits on the root logger's handlers, so it sees every record.
+record with its length, and cuts the exception lines of tracebacks to their type. It sits on
+the root logger's handlers, so it sees every record.
 """
 
 from __future__ import annotations
@@ -19,6 +20,25 @@ def scrub(message: str) -> str:
     return _BYTES_LITERAL.sub(lambda m: f"<{len(m.group()) - 3} characters withheld>", message)
 
 
+# Exceptions whose text the gateway or mitmproxy wrote about configuration, never traffic.
+OWN_MESSAGES = frozenset({"OptionsError", "PolicyError", "AddonManagerError", "ScriptError",
+                          "ModuleNotFoundError", "ImportError", "SyntaxError"})
+
+
+def scrub_traceback(text: str) -> str:
+    """A formatted traceback with bytes literals withheld and each exception line (``Name:
+    message``) cut to its type: the frames stay, the quoted data does not."""
+    out = []
+    for line in scrub(text).splitlines():
+        if line and not line.startswith((" ", "Traceback", "During handling", "The above")):
+            name, sep, _ = line.partition(":")
+            if sep and name.replace(".", "").replace("_", "").isalnum() \
+                    and name.rsplit(".", 1)[-1] not in OWN_MESSAGES:
+                line = f"{name}: <message withheld>"
+        out.append(line)
+    return "\n".join(out)
+
+
 class RawBytesFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -27,6 +47,13 @@ class RawBytesFilter(logging.Filter):
             return True
         if "b'" in message or 'b"' in message:
             record.msg, record.args = scrub(message), None
+        if record.exc_info or record.exc_text:
+            # A traceback quotes the exception's text (a parser's error quotes the bytes), and
+            # mitmproxy's formatter formats exc_info itself: the scrubbed traceback joins the
+            # message and the exception leaves the record.
+            tb = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            record.msg = f"{record.getMessage()}\n{scrub_traceback(tb)}"
+            record.args, record.exc_info, record.exc_text = None, None, None
         return True
 
 

@@ -85,8 +85,9 @@ class Session:
 
     name = "egress_gateway_session"
 
-    def __init__(self, connections) -> None:
+    def __init__(self, connections, check=None) -> None:
         self.connections = connections  # the core's per-connection state (CONNECT sessions)
+        self.check = check  # sid -> sid, or a withheld id when it carries data (redact.headers)
 
     def _assign(self, flow: http.HTTPFlow, connect: bool) -> None:
         st = state(flow)
@@ -100,6 +101,9 @@ class Session:
         user = clean_session_id(proxy_auth_user(headers.get(PROXY_AUTH)))
         header_sid = clean_session_id(headers.get(SESSION_HEADER))
         strip_identity_headers(headers)
+        if self.check is not None:
+            user = self.check(user) if user else user
+            header_sid = self.check(header_sid) if header_sid else header_sid
         tunnel = None if connect else self.connections.get(flow.client_conn.id)
         sid = user or (tunnel.session if tunnel else None) or header_sid
         if connect and sid:

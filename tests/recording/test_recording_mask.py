@@ -53,6 +53,35 @@ def test_recorded_copy_drops_what_was_not_forwarded():
     assert b"alice@example.com" not in data and b"token=abc" not in data
     (back,) = list(mio.FlowReader(__import__("io").BytesIO(data)).stream())
     note = back.metadata["gateway"]["recording"]
+    dropped = note.pop("request_headers_dropped")  # a refused request was never scanned
     assert note == {"forwarded": False, "masked_headers": ["authorization", "cookie", "set-cookie"],
                     "request_body_dropped": 25, "query_dropped": True}
+    assert dropped >= 2 and "Authorization" not in back.request.headers
+    assert set(back.request.headers.keys()) <= {k.title() for k in mask.SAFE_HEADERS} | set(
+        mask.SAFE_HEADERS)
     assert back.request.path == "/v1/x"
+
+
+def test_an_unserialisable_state_is_recorded_as_a_stub():
+    f = _flow(b"body")
+    state = mask.recorded_state(f, forwarded=True)
+    state["response"] = dict(state["response"] or {}) if state.get("response") else None
+    state["request"]["content"] = bytearray(b"RAW-219-09-9999")  # e.g. a 101 flow's buffer
+    with pytest.raises(ValueError):
+        mask.serialize(state)
+    data = mask.serialize(mask.stub_state(state, "ValueError"))
+    assert b"219-09-9999" not in data
+    (back,) = list(mio.FlowReader(__import__("io").BytesIO(data)).stream())
+    assert back.metadata["gateway"]["recording"]["stub"] == "ValueError"
+    assert back.request.content == b""
+
+
+@pytest.mark.parametrize("error,expected", [
+    (ValueError("unserializable object: bytearray(b'219-09-9999')"), "ValueError"),
+    (OSError(28, "No space left on device"), "OSError: No space left on device"),
+    (RuntimeError("quoting jane@example.com"), "RuntimeError"),
+])
+def test_recording_errors_are_described_without_their_text(error, expected):
+    from egress_gateway.recording.addon import describe_error
+
+    assert describe_error(error) == expected

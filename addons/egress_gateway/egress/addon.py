@@ -243,6 +243,7 @@ class Egress:
             return
         try:
             policy = self.core.require_policy()
+            strip_trailing_dot(server)
             host, port = server.address[0], server.address[1]
             d = allowlist.check_destination(policy.egress, host, port)
             identity = "dial"
@@ -297,6 +298,17 @@ class Egress:
                 port=d.details.get("port"), code=d.code, identity=identity, reason=d.reason))
         except Exception:
             log.exception("egress gateway: could not audit a refused dial")
+
+
+def strip_trailing_dot(server) -> None:
+    """``api.example.com.`` is the same name as ``api.example.com``, but a TLS SNI may not end
+    with a dot (the upstream handshake fails and the agent gets no answer): dial and send the
+    SNI without it."""
+    if server.sni and server.sni.endswith(".") and server.sni.rstrip("."):
+        server.sni = server.sni.rstrip(".")
+    host = server.address[0]
+    if isinstance(host, str) and host.endswith(".") and host.rstrip("."):
+        server.address = (host.rstrip("."), server.address[1])
 
 
 def _ports_of(egress) -> list[int]:

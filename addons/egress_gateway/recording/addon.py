@@ -33,7 +33,7 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http
 
 from egress_gateway import session
-from egress_gateway.flowstate import refuse, settled
+from egress_gateway.flowstate import HEADER, make_response, peek, refuse, settled, state
 from egress_gateway.recording import audit, mask, settings
 from egress_gateway.recording.files import RecordingError, RecordingFiles, probe
 
@@ -42,6 +42,50 @@ log = logging.getLogger(__name__)
 PROBE_INTERVAL = 1.0
 _FORWARDED = "_gateway_forwarded"  # flow attribute: the last gateway hook passed the request
 _AUDITED = "gateway_audited"  # private metadata key (not recorded): the flow's line is written
+
+
+def describe_error(e: BaseException) -> str:
+    """An error as it may be shown to every agent and written to the log and the audit line:
+    its type and, for OS errors, the system's message; never the exception's own text (a
+    serialiser's error quotes the flow's bytes)."""
+    if isinstance(e, RecordingError) and e.args and isinstance(e.args[0], str) \
+            and e.args[0] == "no recordings directory configured":
+        return "no recordings directory configured"
+    if isinstance(e, OSError) and e.strerror:
+        return f"{type(e).__name__}: {e.strerror}"
+    return type(e).__name__
+
+
+def label_comment(flow) -> None:
+    """mitmweb's comment of every flow starts with its session and, for a refusal, the code and
+    reason (what other addons wrote, e.g. redaction counts, follows)."""
+    st = peek(flow)
+    head = f"session {session.session_of(flow)}"
+    if st.refused:
+        head += f"; refused {st.code}: {st.reason}"
+    elif st.decision == "would_block":
+        head += f"; would block: {st.reason}"
+    comment = flow.comment or ""
+    if not comment.startswith(head):
+        flow.comment = f"{head}; {comment}" if comment else head
+
+
+def withhold_host(flow, replacement: str) -> None:
+    """Replace a refused request's host name everywhere the gateway keeps it (the request, the
+    refusal's reason and details)."""
+    import re
+
+    original = flow.request.host
+    pattern = re.compile(re.escape(original.rstrip(".")) + r"\.?", re.IGNORECASE)
+    flow.request.host = replacement
+    st = state(flow)
+    if st.reason:
+        st.reason = pattern.sub(replacement, st.reason)
+    if st.details:
+        st.details = {k: pattern.sub(replacement, v) if isinstance(v, str) else v
+                      for k, v in st.details.items()}
+    if flow.response is not None and HEADER in flow.response.headers and st.code:
+        flow.response = make_response(st.code, st.reason or "refused", **(st.details or {}))
 
 
 def _claim(flow) -> bool:
@@ -185,6 +229,7 @@ class Recorder:
         if not _claim(flow):
             return
         try:
+            label_comment(flow)
             self.core.audit.write(audit.flow_record(flow, "connect"))
         except Exception as e:
             log.exception("egress gateway: could not write the audit line")
@@ -212,9 +257,26 @@ class Recorder:
         answerable = answerable and forwarded and flow.response is not None \
             and not flow.response.stream
         try:
+            if not forwarded:
+                host = mask.scrubbed_host(flow, getattr(self.core.policy, "detection", None))
+                if host is not None:  # the recording, the audit line and the flow line
+                    withhold_host(flow, host)
+            try:
+                label_comment(flow)
+            except Exception:  # a comment is not worth failing the recorder for
+                log.exception("egress gateway: could not label the flow's comment")
             path = None if forwarded else mask.scrubbed_path(
                 flow, getattr(self.core.policy, "detection", None))
-            data = mask.serialize(mask.recorded_state(flow, forwarded, path))
+            state = mask.recorded_state(flow, forwarded, path)
+            try:
+                data = mask.serialize(state)
+            except ValueError as e:  # e.g. a 101 flow's bytearray: this flow's problem only
+                data = mask.serialize(mask.stub_state(state, type(e).__name__))
+                if answerable:
+                    refuse(flow, "recording_failed",
+                           "the gateway could not record this flow; its answer is withheld")
+                log.error(f"egress gateway: flow {flow.id} cannot be serialised "
+                          f"({type(e).__name__}); recorded as a stub")
             rec = audit.flow_record(flow, kind)
             if not forwarded:
                 rec["bytes_out"] = 0  # refused before it left: nothing went out
@@ -227,8 +289,8 @@ class Recorder:
                 flow.request.path = path if path is not None else flow.request.path.split("?", 1)[0]
             return
         except Exception as e:
-            why = f"{type(e).__name__}: {e}"
-            log.exception(f"egress gateway: could not record flow {flow.id}")
+            why = describe_error(e)
+            log.error(f"egress gateway: could not record flow {flow.id} ({why})")
             self._fail(why)
         if answerable:
             refuse(flow, "recording_failed",
@@ -258,12 +320,22 @@ class Recorder:
         if not _claim(flow):
             return
         try:
-            data = mask.serialize(mask.recorded_stream_state(flow))
+            state = mask.recorded_stream_state(flow)
+            try:
+                data = mask.serialize(state)
+            except ValueError as e:  # this flow's problem only: a stub, the recorder goes on
+                state["messages"] = []
+                state.setdefault("metadata", {}).setdefault("gateway", {})["recording"] = {
+                    "stub": type(e).__name__}
+                data = mask.serialize(state)
+                log.error(f"egress gateway: {kind} flow {flow.id} cannot be serialised "
+                          f"({type(e).__name__}); recorded as a stub")
             rec = audit.stream_record(flow, kind)
             await self._write_soon(rec["session"], data, rec)
         except Exception as e:
-            log.exception(f"egress gateway: could not record {kind} flow {flow.id}")
-            self._fail(f"{type(e).__name__}: {e}")
+            why = describe_error(e)
+            log.error(f"egress gateway: could not record {kind} flow {flow.id} ({why})")
+            self._fail(why)
 
     async def _write_soon(self, sid: str, data: bytes, rec: dict) -> None:
         if self.fsync:  # waits for the disk: keep the event loop free meanwhile
@@ -283,7 +355,7 @@ class Recorder:
             if self.files is None:
                 raise RecordingError("no recordings directory configured")
             if self.failed is not None:
-                raise RecordingError(self.failed)
+                raise RecordingError("recordings failed earlier")
             rel, offset, rotated = self.files.append(sid, data, time.time())
             self._dirty = True
             rec.update(recording=rel, offset=offset, length=len(data),

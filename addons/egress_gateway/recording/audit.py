@@ -112,6 +112,7 @@ class AuditLog:
         self.checkpoint_file = checkpoint_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._holder = hold_exclusively(path)  # before reading the chain's head
         last, torn = _last_line(path)
         self.seq, self.head = 0, GENESIS
         if last:
@@ -182,6 +183,33 @@ class AuditLog:
             except OSError:
                 log.exception("egress gateway: could not write the audit checkpoint")
             self._fh.close()
+            self._holder.close()  # releases the lock
+
+
+class AuditLogHeld(OSError):
+    """Another gateway holds this audit log (its chain would break with two writers)."""
+
+
+def hold_exclusively(path: Path):
+    """Lock `path`'s ``.lock`` file for this process (released when the returned file closes);
+    raise AuditLogHeld naming the holder's pid when another process holds it."""
+    import fcntl
+    import os
+
+    lock = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115 - held while open
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise AuditLogHeld(f"{path} is held by another gateway ({holder}); give this one "
+                           "its own gateway_recordings or gateway_audit_log") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 # --- the records --------------------------------------------------------------------------------

@@ -25,6 +25,11 @@ RESPONSE_SECRET_HEADERS = frozenset({"set-cookie", "set-cookie2"})
 IDENTITY_HEADERS = frozenset({session.PROXY_AUTH.lower(), session.SESSION_HEADER.lower()})
 
 
+# Request headers a refused request keeps in its recording (format-checked, no free text).
+SAFE_HEADERS = frozenset({"host", "content-length", "content-type", "content-encoding",
+                          "transfer-encoding", "connection", "accept", "accept-encoding"})
+
+
 def mask_value(value: str) -> str:
     """A credential header's value with the secret masked, keeping an auth scheme if any."""
     scheme, sep, _ = value.strip().partition(" ")
@@ -57,6 +62,11 @@ def recorded_state(flow: http.HTTPFlow, forwarded: bool, path: str | None = None
     if masked:
         note["masked_headers"] = sorted(set(masked))
     if not forwarded:
+        # a refused request was never scanned: its header values (and unknown names) stay out
+        kept = tuple(f for f in req["headers"] if f[0].decode("latin-1").lower() in SAFE_HEADERS)
+        if len(kept) != len(req["headers"]):
+            note["request_headers_dropped"] = len(req["headers"]) - len(kept)
+            req["headers"] = kept
         dropped = len(req.get("content") or b"")
         if dropped:
             req["content"] = b""
@@ -84,9 +94,27 @@ def recorded_state(flow: http.HTTPFlow, forwarded: bool, path: str | None = None
     return state
 
 
+def stub_state(state: dict, why: str) -> dict:
+    """A recorded state that failed to serialise, reduced to what always can: no bodies, no
+    trailers, no WebSocket messages (the flow is recorded as a stub, noted, never skipped)."""
+    stub = dict(state)
+    for part in ("request", "response"):
+        if stub.get(part) is not None:
+            stub[part] = {**stub[part], "content": b"", "trailers": None}
+    if stub.get("websocket") is not None:
+        stub["websocket"] = {**stub["websocket"], "messages": []}
+    meta = json.loads(json.dumps(stub.get("metadata") or {}, default=str))
+    meta.setdefault("gateway", {}).setdefault("recording", {})["stub"] = why
+    stub["metadata"] = meta
+    return stub
+
+
 def recorded_stream_state(flow) -> dict:
     """A raw TCP/UDP flow's state as it is recorded (its messages; only the gateway's metadata)."""
     state = flow.get_state()
+    if state.get("messages"):  # after an HTTP upgrade, mitmproxy's TCP messages are bytearrays
+        state["messages"] = [tuple(bytes(x) if isinstance(x, bytearray) else x for x in m)
+                             for m in state["messages"]]
     state["metadata"] = {"gateway": gateway_metadata(flow)}
     return state
 
@@ -130,3 +158,21 @@ def scrubbed_path(flow: http.HTTPFlow, detection) -> str | None:
     finish = plan_path(job, path)
     job.run(lambda texts: engine.redact_many(texts, prose=False))
     return finish()
+
+
+def scrubbed_host(flow: http.HTTPFlow, detection) -> str | None:
+    """A refused request's host name was never scanned (a name off the allowlist can carry data
+    in its labels): ``withheld.<domain>`` when the patterns find something in it, else None."""
+    host = flow.request.host
+    from egress_gateway.net import hosts
+
+    if not host or hosts.parse_ip_literal(host.strip("[]")) is not None:
+        return None
+    from egress_gateway.detection import DetectionEngine
+
+    engine = DetectionEngine.get(detection)
+    texts = [host, host.replace(".", " "), host.upper().replace(".", " ")]
+    if not any(engine.analyze_many(texts, prose=False)):
+        return None
+    labels = host.rstrip(".").split(".")
+    return "withheld." + ".".join(labels[-2:]) if len(labels) > 2 else "withheld"

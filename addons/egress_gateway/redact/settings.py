@@ -78,6 +78,13 @@ class DirectionRules(_Model):
     query: bool = Field(True, description="Scan URL query values (requests only).")
     path: bool = Field(True, description="Scan URL path segments (requests only): each segment "
                        "is percent-decoded and scanned; found values are replaced and re-encoded.")
+    headers: bool = Field(True, description="Scan header names and values, trailers and the "
+                          "method (patterns and secret recognizers, no NER).")
+    skip_headers: list[str] = Field(
+        default_factory=list,
+        description="Header names never scanned (case-insensitive), e.g. an API key header the "
+        "agent holds on purpose and no credential binds.",
+    )
     too_large: Action = Field(
         "block",
         description="Bodies over gateway_body_limit (before or after decompression): block "
