@@ -6,6 +6,9 @@ The spaCy model and Presidio's NLP engine are shared by all engines of a process
 
 Pipeline for one text (``DetectionEngine.analyze``):
 
+0. If decoding encodings inside the text changes it (``decode.py``: character references,
+   percent-encoding, escapes, base64/hex runs of text, NFKC, zero-width characters), its
+   decoded view is analysed too; the view's findings cover the whole encoded runs of the text.
 1. Split into chunks of ``chunk_size`` characters on line/sentence/word boundaries, with
    ``chunk_overlap`` characters of overlap (``chunks.py``; Presidio is superlinear in text
    length).
@@ -41,6 +44,7 @@ from collections.abc import Callable  # noqa: E402
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult  # noqa: E402
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer  # noqa: E402
 
+from egress_gateway.detection import decode  # noqa: E402
 from egress_gateway.detection import operators as ops  # noqa: E402
 from egress_gateway.detection.chunks import headline_copy, looks_like_prose, split_chunks  # noqa: E402
 from egress_gateway.detection.entities import NER_ENTITIES  # noqa: E402
@@ -225,6 +229,12 @@ class DetectionEngine:
         fields = [getattr(t, "field", None) for t in texts]
         # spaCy takes exact str only: a FieldText becomes a plain copy of its characters.
         texts = [t if type(t) is str else str(t) for t in texts]
+        # Decoded views (``decode.py``) are analysed beside their texts; their findings are
+        # mapped back onto the original (whole encoded runs) below.
+        views = [(i, v) for i, v in enumerate(map(decode.view, texts)) if v is not None]
+        n = len(texts)
+        texts = texts + [v.text for _, v in views]
+        fields = fields + [fields[i] for i, _ in views]
         s = self.settings
         jobs: list[tuple[int, int, str]] = []  # (text index, offset, chunk)
         for i, text in enumerate(texts):
@@ -257,6 +267,9 @@ class DetectionEngine:
             for i, text in enumerate(texts):
                 if "PRIVATE KEY" in text:
                     raw[i] += self._keep(text, self._pem.analyze(text, ["PEM_PRIVATE_KEY"]), 0)
+        for j, (i, v) in enumerate(views):
+            raw[i] += [Finding(f.entity_type, *v.span(f.start, f.end), f.score) for f in raw[n + j]]
+        texts, fields, raw = texts[:n], fields[:n], raw[:n]
         for i, ctx in enumerate(fields):
             if ctx is not None and texts[i].strip().casefold() not in self._allow_ci:
                 raw[i] = apply_field(texts[i], raw[i], ctx, self.entities)
