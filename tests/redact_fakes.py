@@ -32,7 +32,7 @@ class FakeEngine:
         self.calls: list[list[str]] = []
         self.threads: set[str] = set()
 
-    def redact_many(self, texts, session=""):
+    def redact_many(self, texts, session="", prose=None):
         self.calls.append(list(texts))
         self.threads.add(threading.current_thread().name)
         if self.delay:
@@ -57,5 +57,5 @@ class FakeEngine:
         return out
 
 
-def fake_redact_many(texts):
+def fake_redact_many(texts, **kw):
     return FakeEngine().redact_many(texts)

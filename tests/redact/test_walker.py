@@ -1,4 +1,4 @@
-"""The JSON walker: every string value at any depth, keys untouched, bytes kept where unchanged."""
+"""The JSON walker: every string value and key at any depth, bytes kept where unchanged."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 from egress_gateway.redact.jsonpath import Scope
-from egress_gateway.redact.walker import JsonError, TextJob, string_spans
+from egress_gateway.redact.walker import JsonError, JsonTrailing, TextJob, string_spans
 from redact_fakes import FakeEngine, fake_redact_many
 
 
@@ -24,7 +24,13 @@ CASES = [
      '{"m":[{"c":[{"t":"mail <EMAIL_ADDRESS>"},{"t":"ok"}]},[["<EMAIL_ADDRESS>"]]]}'),
     ("top-level list", '["a@b.co", 1, null]', '["<EMAIL_ADDRESS>", 1, null]'),
     ("top-level string", '"a@b.co"', '"<EMAIL_ADDRESS>"'),
-    ("keys untouched", '{"a@b.co": "a@b.co"}', '{"a@b.co": "<EMAIL_ADDRESS>"}'),
+    ("keys rewritten", '{"a@b.co": "a@b.co"}', '{"<EMAIL_ADDRESS>": "<EMAIL_ADDRESS>"}'),
+    ("nested key rewritten", '{"users": {"x@y.io": {"n": 1}}}', '{"users": {"<EMAIL_ADDRESS>": {"n": 1}}}'),
+    ("escaped key decoded", '{"a\\u0040b.co": 1}', '{"<EMAIL_ADDRESS>": 1}'),
+    ("NaN and Infinity accepted", '{"n": NaN, "i": -Infinity, "s": "a@b.co"}',
+     '{"n": NaN, "i": -Infinity, "s": "<EMAIL_ADDRESS>"}'),
+    ("raw control character in a string", '{"s": "tab\x01 a@b.co"}',
+     '{"s": "tab\\u0001 <EMAIL_ADDRESS>"}'),
     ("whitespace and order kept", '{ "z" :\n  "a@b.co" ,\t"a": 1 }',
      '{ "z" :\n  "<EMAIL_ADDRESS>" ,\t"a": 1 }'),
     ("huge ints and floats kept",
@@ -66,13 +72,22 @@ def test_nothing_found_means_no_rewrite(text):
 
 @pytest.mark.parametrize("text", [
     "", "{", '{"a": 1,}', "[1,]", '{"a" 1}', "{'a': 1}", '{"a": 1} x', '{"a": 01}',
-    '{"a": "\x01"}', '{"a": tru}', "[1 2]", '{"a": "\\x"}', '{1: 2}', "]", '{"a": NaN}',
+    '{"a": tru}', "[1 2]", '{"a": "\\x"}', '{1: 2}', "]", '{"a": nan}',
 ], ids=["empty", "truncated", "trailing-comma-obj", "trailing-comma-arr", "missing-colon",
-        "single-quotes", "extra-data", "leading-zero", "control-char", "bad-literal",
-        "missing-comma", "bad-escape", "number-key", "close-only", "nan"])
+        "single-quotes", "extra-data", "leading-zero", "bad-literal",
+        "missing-comma", "bad-escape", "number-key", "close-only", "lowercase-nan"])
 def test_invalid_json_raises(text):
     with pytest.raises(JsonError):
         string_spans(text)
+
+
+@pytest.mark.parametrize("text,at", [
+    ('{"a": 1} x', 9), ('[1]\n{"b": "a@b.co"}', 4), ('"s"  tail', 5), ('{"a": 1} ]', 9),
+], ids=["word", "second-document", "after-string", "stray-bracket"])
+def test_trailing_data_says_where_it_starts(text, at):
+    with pytest.raises(JsonTrailing) as e:
+        string_spans(text)
+    assert e.value.at == at
 
 
 def test_valid_json_agrees_with_stdlib():

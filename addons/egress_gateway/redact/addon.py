@@ -214,6 +214,10 @@ class Redactor:
         session = session_of(flow)
         limit = self.options.body_limit
         ct, ce = msg.headers.get("content-type"), msg.headers.get("content-encoding")
+        te = [c.strip() for c in msg.headers.get("transfer-encoding", "").split(",")
+              if c.strip().lower() not in ("", "chunked", "identity")]
+        if te:  # "Transfer-Encoding: gzip, chunked": mitmproxy undoes only the chunking
+            ce = ", ".join([c for c in [ce] if c] + te)
 
         provider = rt.provider if direction == "request" else None
 

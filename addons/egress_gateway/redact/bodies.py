@@ -27,8 +27,9 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from egress_gateway.net import codecs, sse
 from egress_gateway.net.sse import Event
+from egress_gateway.redact import charsets
 from egress_gateway.redact.jsonpath import EVERYTHING, Scope
-from egress_gateway.redact.walker import JsonError, TextJob
+from egress_gateway.redact.walker import JsonError, JsonTrailing, TextJob
 
 Finish = Callable[[], bytes | None]
 
@@ -105,15 +106,20 @@ def content_kind(content_type: str | None, data: bytes) -> str:
     return "binary"
 
 
-def _decode_text(data: bytes, charset: str | None) -> tuple[str, str]:
-    """(text, charset used); a UTF-8 BOM is kept in the text (and therefore written back)."""
-    cs = (charset or "utf-8").strip().lower()
+def _decode_text(data: bytes, charset: str | None, job: TextJob | None = None,
+                 label: str = "body") -> tuple[str, str]:
+    """(text, charset used); a UTF-8 BOM is kept in the text (and therefore written back).
+    Other plausible readings of the bytes (``charsets.read``) are added to `job` as signed
+    texts: a finding there refuses the message."""
     try:
-        return data.decode(cs), cs
-    except LookupError:
-        raise Unsupported(f"unknown charset {charset!r}") from None
-    except UnicodeDecodeError:
-        raise Unsupported(f"body is not valid {cs} text") from None
+        text, cs, others = charsets.read(data, charset)
+    except charsets.NotText as e:
+        raise Unsupported(str(e)) from None
+    for alt in others:
+        if job is None:
+            raise Unsupported(f"bytes labelled {cs} read as other text too")
+        job.add_signed(alt, f"{label} (read as UTF-8, labelled {cs})")
+    return text, cs
 
 
 def _encoder(cs: str) -> Callable[[str], bytes]:
@@ -129,7 +135,7 @@ def _encoder(cs: str) -> Callable[[str], bytes]:
 
 # --- per kind ------------------------------------------------------------------------------------
 def plan_text(job: TextJob, data: bytes, charset: str | None, opts: Options) -> Finish:
-    text, cs = _decode_text(data, charset)
+    text, cs = _decode_text(data, charset, job)
     node = job.add_text(text, opts.scope)
     enc = _encoder(cs)
 
@@ -141,21 +147,35 @@ def plan_text(job: TextJob, data: bytes, charset: str | None, opts: Options) -> 
 
 
 def plan_json(job: TextJob, data: bytes, opts: Options) -> Finish:
-    text, _ = _decode_text(data, "utf-8")
+    """JSON as lenient upstreams read it: UTF-16/32 by BOM or NUL pattern, ``NaN``/``Infinity``,
+    raw control characters in strings (``walker``); data after the document is scanned as text;
+    a body that is not JSON at all is scanned as text (decoded views undo its escapes)."""
+    codec, has_bom = charsets.json_codec(data)
+    text, _ = _decode_text(data, codec, job)
     bom = text.startswith("\ufeff")
+    body = text[1:] if bom else text
+    tail_node = None
+    tail = ""
     try:
-        node = job.add_json(text[1:] if bom else text, opts.scope)
+        node = job.add_json(body, opts.scope)
+    except JsonTrailing as e:
+        opts.notes.append("data after the JSON document scanned as text")
+        body, tail = body[: e.at], body[e.at:]
+        node = job.add_json(body, opts.scope)
+        tail_node = job.add_text(tail, EVERYTHING)
     except JsonError as e:
         # Deliberate: a body labelled JSON that is not JSON is still text; scan it as such.
         opts.notes.append(f"invalid JSON scanned as text ({e})")
-        node = job.add_text(text, EVERYTHING)
-        bom = False
+        node = job.add_text(body, EVERYTHING)
 
     def finish() -> bytes | None:
         new = job.result(node)
-        if new is None:
+        new_tail = job.result(tail_node) if tail_node is not None else None
+        if new is None and new_tail is None:
             return None
-        return (("\ufeff" if bom else "") + new).encode("utf-8")
+        out = ("\ufeff" if bom else "") + (body if new is None else new) \
+            + (tail if new_tail is None else new_tail)
+        return _encoder(codec)(out)
 
     return finish
 
@@ -164,7 +184,7 @@ _LINE = re.compile(r"([^\r\n]*)(\r\n|\n|\r|\Z)")
 
 
 def plan_ndjson(job: TextJob, data: bytes, opts: Options) -> Finish:
-    text, _ = _decode_text(data, "utf-8")
+    text, _ = _decode_text(data, "utf-8", job)
     lines: list[tuple[str, str, object]] = []
     for m in _LINE.finditer(text):
         line, end = m.group(1), m.group(2)
@@ -189,11 +209,23 @@ def plan_ndjson(job: TextJob, data: bytes, opts: Options) -> Finish:
     return finish
 
 
-def plan_urlencoded(job: TextJob, text: str, opts: Options) -> Callable[[], str | None]:
-    """``a=1&b=x`` (form bodies and query strings): values scanned, keys and layout kept."""
+def _unquote_plus(value: str) -> str:
+    try:
+        return unquote_plus(value, errors="strict")
+    except UnicodeDecodeError:  # not UTF-8: scanned anyway
+        return unquote_plus(value, errors="replace")
+
+
+def plan_urlencoded(job: TextJob, text: str, opts: Options,
+                    names: bool = False) -> Callable[[], str | None]:
+    """``a=1&b=x`` (form bodies and query strings): values scanned, layout kept. With `names`
+    (form bodies), field names are analysed too, never rewritten: a finding refuses (as for
+    query keys, ``redact/headers.py``)."""
     pairs = []
     for pair in text.split("&"):
         key, eq, value = pair.partition("=")
+        if names and key:
+            job.add_signed(_unquote_plus(key), "(form field name)")
         node = None
         if eq and value:
             decoded = value
@@ -252,7 +284,7 @@ def plan_form(job: TextJob, data: bytes, charset: str | None, opts: Options) -> 
         text = data.decode("ascii")
     except UnicodeDecodeError:
         raise Unsupported("form body with raw non-ASCII bytes") from None
-    inner = plan_urlencoded(job, text, opts)
+    inner = plan_urlencoded(job, text, opts, names=True)
 
     def finish() -> bytes | None:
         new = inner()
@@ -291,7 +323,7 @@ def redact_sse_data(data: str, redact_many: Callable, scope: Scope = EVERYTHING
 
 
 def plan_sse(job: TextJob, data: bytes, charset: str | None, opts: Options) -> Finish:
-    text, cs = _decode_text(data, charset)
+    text, cs = _decode_text(data, charset, job)
     events = sse.parse_all(text.encode("utf-8"))
     plans = [(ev, plan_sse_event(job, ev, opts.scope)) for ev in events]
 
@@ -307,6 +339,18 @@ def plan_sse(job: TextJob, data: bytes, charset: str | None, opts: Options) -> F
 
 
 # --- multipart -----------------------------------------------------------------------------------
+def _head_text(head: bytes) -> str:
+    """Part headers as a receiver may read them: UTF-8 (RFC 7578 filenames) else latin-1, with
+    RFC 2231/5987 ``filename*=utf-8''...`` values percent-decoded (decoded views do the rest)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = head.decode("latin-1")
+    return re.sub(r"\*=([A-Za-z0-9_-]*)'[^']*'([^;\r\n]*)",
+                  lambda m: "=" + unquote(m.group(2), encoding=m.group(1) or "utf-8",
+                                          errors="replace"), text)
+
+
 def _part_headers(head: bytes) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in head.decode("latin-1").split("\r\n"):
@@ -330,6 +374,10 @@ def plan_multipart(job: TextJob, data: bytes, params: dict[str, str], opts: Opti
     plans: list[tuple[bytes, bytes, Finish | None]] = []
     for i, piece in enumerate(pieces):
         if i == 0 or i == len(pieces) - 1:
+            # preamble and epilogue (after the closing "--"): ignored by parsers, still sent
+            edge = piece[2:] if i else piece
+            if edge.strip():
+                job.add_signed(edge.decode("utf-8", "replace"), "(multipart preamble/epilogue)")
             plans.append((piece, b"", None))
             continue
         head_end = piece.find(b"\r\n\r\n")
@@ -337,6 +385,8 @@ def plan_multipart(job: TextJob, data: bytes, params: dict[str, str], opts: Opti
             raise Unsupported("malformed multipart part (no header end)")
         head, body = piece[: head_end + 4], piece[head_end + 4 :]
         headers = _part_headers(head)
+        # part headers (name, filename, any extra header): analysed, never rewritten
+        job.add_signed(_head_text(head), "(multipart part headers)")
         try:
             if headers.get("content-transfer-encoding", "").lower() not in ("", "7bit", "8bit",
                                                                               "binary"):
@@ -382,6 +432,10 @@ def plan_part(job: TextJob, data: bytes, content_type: str | None, opts: Options
     if kind == "text":
         return plan_text(job, data, charset, opts)
     mime, _ = parse_content_type(content_type)
+    if _sniff_text(data) and not charsets.compressed_magic(data):
+        # labelled binary (octet-stream, image/png ...) but the bytes are text: scanned as text
+        opts.notes.append(f"{mime or 'unlabelled'} content that is text scanned as text")
+        return plan_text(job, data, None, opts)
     raise Unsupported(f"cannot scan {mime or 'unlabelled binary'} content")
 
 

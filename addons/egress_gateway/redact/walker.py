@@ -1,10 +1,18 @@
 """Redact the strings of JSON documents and texts in place, in one batch.
 
 The JSON walker is a small iterative tokenizer (no recursion: 100k levels of nesting are fine).
-It records the span of every string *value* (keys are never scanned), so a rewrite splices only
+It records the span of every string value and every object key, so a rewrite splices only
 the strings that changed into the original text: key order, whitespace, escapes and numbers
 (huge integers, ``1.10``) stay exactly as they were, and a document in which nothing was found is
 returned as the very same object.
+
+It reads JSON as leniently as common upstreams do (Python's ``json.loads``, JSON5-ish servers):
+``NaN``, ``Infinity``, ``-Infinity`` and raw control characters inside strings are accepted, so
+such a document is still walked string by string (its escapes decoded) instead of being scanned
+as raw text. Data after a complete document raises `JsonTrailing` (the caller scans it as text).
+Object keys are analysed without NER (``plain``; keys of letters, ``_`` and ``-`` only are
+skipped: nothing a pattern finds fits in them); a key that holds a finding is rewritten in
+place like a value (a data key such as an e-mail address must not leave either).
 
 A string value that itself holds a JSON object or array (tool-call ``arguments``, a tool result
 that is an API response) is walked as JSON too, and its paths continue from the string's path
@@ -36,18 +44,29 @@ MAX_ENCODED_DEPTH = 4
 
 
 class JsonError(ValueError):
-    """Not a (complete, strict) JSON document."""
+    """Not a (complete) JSON document, even read leniently."""
+
+
+class JsonTrailing(JsonError):
+    """A complete JSON document followed by other data, which starts at `at`."""
+
+    def __init__(self, message: str, at: int) -> None:
+        super().__init__(message)
+        self.at = at
 
 
 _TOKEN = re.compile(
     r"[ \t\n\r]*(?:"
-    r'(?P<s>"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*")'
+    r'(?P<s>"[^"\\]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\]*)*")'
     r"|(?P<p>[{}\[\]:,])"
     r"|(?P<n>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
-    r"|(?P<l>true|false|null)"
+    r"|(?P<l>true|false|null|NaN|-?Infinity)"
     r")"
 )
 _TRAILING_WS = re.compile(r"[ \t\n\r]*\Z")
+#: Keys of letters, ``_`` and ``-`` only (schema names) cannot hold what patterns find (no
+#: digit, ``@`` or ``.``) and keys get no NER: they are not sent to the engine.
+_WORD_KEY = re.compile(r"[A-Za-z_-]{1,64}")
 
 # Parser expectations.
 _VALUE, _VALUE_OR_CLOSE, _KEY, _KEY_OR_CLOSE, _COLON, _COMMA_OR_CLOSE = range(6)
@@ -57,7 +76,7 @@ def decode_string(token: str) -> str:
     """The value of a JSON string token (with its quotes)."""
     if "\\" not in token:
         return token[1:-1]
-    return json.loads(token)
+    return json.loads(token, strict=False)
 
 
 def encode_string(value: str) -> str:
@@ -70,7 +89,8 @@ def encode_string(value: str) -> str:
     return out
 
 
-def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None, keys=None):
+def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None, keys=None,
+                 key_spans=None):
     """Validate `text` as one JSON document and list its scanned string values.
 
     Returns ``[(start, end, value, state)]`` for every string value (not key) that the scope
@@ -78,7 +98,9 @@ def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None
     the string; ``state`` is the node's scope state.
     Raises JsonError for anything that is not strict JSON. With a list ``keys``, one
     ``(key, keys of its object)`` pair per returned value is appended to it (``(None, ())``
-    for array items and the root): what detection uses as the value's field context.
+    for array items and the root): what detection uses as the value's field context. With a
+    list `key_spans`, ``(start, end, key)`` of every object key outside pruned subtrees is
+    appended to it. Raises JsonTrailing for data after a complete document.
     """
     state0 = root if root is not None else scope.root()
     out: list[tuple[int, int, str, State]] = []
@@ -95,9 +117,13 @@ def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None
         if m is None:
             if _TRAILING_WS.match(text, pos) and done:
                 break
+            if done:
+                at = len(text) - len(text[pos:].lstrip(" \t\n\r"))
+                raise JsonTrailing(f"extra data after the JSON document at character {at}", at)
             raise JsonError(f"invalid JSON at character {pos}")
         if done:
-            raise JsonError(f"extra data after the JSON document at character {m.start(m.lastgroup)}")
+            at = m.start(m.lastgroup)
+            raise JsonTrailing(f"extra data after the JSON document at character {at}", at)
         pos = m.end()
         kind = m.lastgroup
         tok = m.group(kind)
@@ -131,6 +157,9 @@ def string_spans(text: str, scope: Scope = EVERYTHING, root: State | None = None
                 st = top[1]
                 # Keys are decoded only where the scope still has to decide something.
                 top[2] = None if st.final else decode_string(tok)
+                if key_spans is not None and not st.dead:
+                    key_spans.append((m.start(kind), pos,
+                                      top[2] if top[2] is not None else decode_string(tok)))
                 if keys is not None:
                     top[4] = top[2] if top[2] is not None else decode_string(tok)
                     top[5].append(top[4])
@@ -221,6 +250,7 @@ class TextJob:
         self.refused: list[tuple[str, str]] = []
         self.refused_entities: set[str] = set()
         self.json_leaves = 0
+        self._keys: dict[str, _Str] = {}  # object keys, analysed once per job
 
     # -- collecting ----------------------------------------------------------------------
     def _add(self, value: str, kind: str = "prose", label: str = "", text: str | None = None) -> _Str:
@@ -264,13 +294,23 @@ class TextJob:
 
     def _doc(self, text: str, scope: Scope, root: State | None, depth: int) -> _Doc:
         keys: list = []
-        spans = string_spans(text, scope, root, keys)
+        key_spans: list = []
+        spans = string_spans(text, scope, root, keys, key_spans)
         doc = _Doc(text)
         self.json_leaves += len(spans)
         for (start, end, value, st), key in zip(spans, keys, strict=True):
             node = self._string(value, scope, st, depth, key)
             if node is not None:
                 doc.leaves.append((start, end, node))
+        for start, end, key in key_spans:
+            if len(key) < 3 or _WORD_KEY.fullmatch(key):
+                continue
+            node = self._keys.get(key)
+            if node is None:
+                node = self._keys[key] = self._add(key, "plain", "(object key)")
+            doc.leaves.append((start, end, node))
+        if key_spans:
+            doc.leaves.sort(key=lambda leaf: leaf[0])
         return doc
 
     def add_text(self, text: str, scope: Scope = EVERYTHING) -> _Str:
