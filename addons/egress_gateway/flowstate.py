@@ -25,6 +25,7 @@ STATUS = {
     "credential_leak": 403,
     "denied": 403,
     "too_large": 413,
+    "headers_too_large": 431,
     "unsupported_content": 415,
     "dns_error": 502,
     "internal_error": 500,

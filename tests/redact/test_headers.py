@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from egress_gateway.detection.findings import Finding, TextResult
 from egress_gateway.redact.headers import (
+    SCAN_LIMIT,
     HeaderScanner,
     apply_plan,
     plan_headers,
@@ -234,3 +235,46 @@ def test_an_error_refuses():
     red._scanning = boom
     asyncio.run(hs.requestheaders(f))
     assert f.response.status_code == 500 and red.failed
+
+
+SIZE_CASES = [
+    # name, mutate, direction, where (None: passes to the scanner)
+    ("url at the limit", lambda f: setattr(f.request, "path", "/" + "p" * (SCAN_LIMIT - 10)),
+     "request", None),
+    ("url over the limit", lambda f: setattr(f.request, "path", "/" + "p" * SCAN_LIMIT),
+     "request", "url"),
+    ("query over the limit", lambda f: setattr(f.request, "path", "/?q=" + "p" * SCAN_LIMIT),
+     "request", "url"),
+    ("one huge header", lambda f: f.request.headers.__setitem__("X-Big", "a" * SCAN_LIMIT),
+     "request", "headers"),
+    ("many headers adding up", lambda f: [f.request.headers.add(f"X-{i}", "a" * 1024)
+                                          for i in range(40)], "request", "headers"),
+    ("huge response header", lambda f: f.response.headers.__setitem__("X-Big", "a" * SCAN_LIMIT),
+     "response", "headers"),
+]
+
+
+@pytest.mark.parametrize("mutate,direction,where", [c[1:] for c in SIZE_CASES],
+                         ids=[c[0] for c in SIZE_CASES])
+def test_header_sections_over_the_limit_are_refused_before_any_scan(mutate, direction, where):
+    hs, red = _scanner()
+    scanned = []  # the longest text each scan read
+
+    async def run(fn):
+        results = fn()
+        scanned.append(max(len(r.text) for r in results))
+        return results
+
+    red._run = run
+    f = tflow.tflow(resp=direction == "response")
+    mutate(f)
+    hook = hs.requestheaders if direction == "request" else hs.responseheaders
+    asyncio.run(hook(f))
+    if where is None:
+        assert f.response is None
+        return
+    assert f.response.status_code == 431 and all(n < 1000 for n in scanned)
+    assert f.response.headers["X-Egress-Gateway"] == "headers_too_large"
+    assert f.metadata["gateway"]["details"]["where"] == where
+    if direction == "request":  # the refused part does not reach the recording
+        assert len(f.request.path) < 100 and "X-Big" not in f.request.headers

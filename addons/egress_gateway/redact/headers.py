@@ -12,6 +12,10 @@ Per message, in the direction's rules (``redact.request|response``, ``headers: t
   request (403 ``sensitive_data``, ``where``: ``header_name``, ``method``, ``query_key``,
   ``fragment`` or ``host``); the host label check runs before any DNS lookup.
 
+A header section (request-target, names and values; or the trailers) of more than
+``SCAN_LIMIT`` characters is refused at once (431 ``headers_too_large``): real servers refuse
+far less (8-16 KB), and scanning 300 KB of one header would take seconds.
+
 Trailers towards an HTTP/1 peer are dropped after scanning (mitmproxy's HTTP/1 sender cannot
 send them). Counts and entity types only are recorded, never values.
 """
@@ -32,6 +36,9 @@ log = logging.getLogger(__name__)
 
 # Header values validated by their format elsewhere (never free text an agent can fill).
 FORMAT_CHECKED = {"host", ":authority", "content-length"}
+
+# Characters of one header section (or trailer section) the scanner reads; more is refused.
+SCAN_LIMIT = 32 * 1024
 
 
 def _decode(s: str) -> str:
@@ -80,12 +87,14 @@ def withhold(req: http.Request, where: str) -> None:
     line, mitmweb, the recording nor the audit line (the request is never forwarded)."""
     if where == "method":
         req.method = "WITHHELD"
-    elif where in ("header_name", "header", "trailer"):
+    elif where in ("header_name", "header", "trailer", "headers", "trailers"):
         req.headers.fields = tuple(f for f in req.headers.fields
                                    if f[0].decode("latin-1").lower() in SAFE_NAMES)
         req.trailers = None
     elif where in ("query_key", "fragment"):
         req.path = req.path.split("#", 1)[0].split("?", 1)[0]
+    elif where == "url":
+        req.path = "/withheld"
     elif where == "host":
         name = "withheld." + req.host.split(".", 1)[-1] if "." in req.host else "withheld"
         req.host = name
@@ -196,6 +205,17 @@ class HeaderScanner:
         log.info(f"egress gateway refused the {direction} to {flow.request.pretty_host}: "
                  f"sensitive_data in the {where} ({entities})")
 
+    def _within_limit(self, flow, direction: str, where: str, texts: list[str]) -> bool:
+        """False (and the flow refused) when `texts` exceed what one section may hold."""
+        size = sum(len(t) for t in texts)
+        if size <= SCAN_LIMIT or self.redactor._scanning(flow, direction) is None:
+            return True
+        refuse(flow, "headers_too_large", f"the {direction}'s {where} holds {size} characters; "
+               f"the gateway scans at most {SCAN_LIMIT}", direction=direction, where=where)
+        if direction == "request":
+            withhold(flow.request, where)
+        return False
+
     def _record(self, flow, direction: str, counts: dict[str, int]) -> None:
         if counts:
             from egress_gateway.redact.scan import Outcome
@@ -206,6 +226,8 @@ class HeaderScanner:
                            what: str) -> bool:
         """Scan one header list in place. False when the flow was refused."""
         plan = plan_headers(headers.fields, self._skip(flow, direction))
+        if not self._within_limit(flow, direction, what, plan.texts):
+            return False
         results = await self._redact(flow, direction, plan.texts)
         if results is None:
             return True
@@ -222,6 +244,8 @@ class HeaderScanner:
     async def _scan_request_line(self, flow) -> bool:
         """Method, query keys, bare parameters, fragment, wildcard host labels: refuse on a find."""
         req = flow.request
+        if not self._within_limit(flow, "request", "url", [req.method, req.path]):
+            return False
         parts = [("method", req.method)] if len(req.method) >= 3 else []
         parts += url_parts(req.path)
         parts += [("host", t) for t in self._labels(req.host)]
