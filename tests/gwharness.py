@@ -193,10 +193,12 @@ class Gateway:
             time.sleep(0.05)
         raise AssertionError(f"gateway did not log {text!r} in {timeout}s:\n{self.log_text()}")
 
-    def audit(self) -> list[dict]:
+    def audit(self, everything: bool = False) -> list[dict]:
+        """The audit lines of flows (`everything`: the gateway's own lines too, e.g. its stop)."""
         if not self.audit_path.exists():
             return []
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+        lines = [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+        return lines if everything else [x for x in lines if x.get("kind") != "gateway"]
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -18,11 +18,29 @@ from egress_gateway.recording.addon import Recorder
 from egress_gateway.redact.addon import Redactor
 from egress_gateway.redact.headers import HeaderScanner, SessionIdCheck
 from egress_gateway.session import Session
+from egress_gateway.shutdown import Shutdown
 
 # addon class -> {hook: what it does there}, in the order of the bundle. (The readiness gate,
 # added by the core to mitmproxy's own chain so that it outlives the script, refuses every
 # request, CONNECT, dial and stream while the gateway is not ready.)
 HOOKS: dict[str, dict[str, str]] = {
+    "Shutdown": {
+        "load": "declares gateway_shutdown_grace",
+        "configure": "parses the grace",
+        "running": "handles SIGTERM and SIGINT (a second one stops at once)",
+        "client_connected": "refuses clients while stopping",
+        "http_connect": "refuses CONNECTs while stopping (503 gateway_unavailable)",
+        "requestheaders": "counts the flow in flight; refuses new requests while stopping",
+        "response": "names a flow that ends while stopping 'drained' (before it is recorded)",
+        "error": "names a flow that fails while stopping 'drained'",
+        "websocket_end": "names a WebSocket that ends while stopping 'drained'",
+        "tcp_end": "names a raw TCP flow that ends while stopping 'drained'",
+        "tcp_error": "names a failed raw TCP flow while stopping 'drained'",
+        "tcp_start": "counts the flow in flight; refuses it while stopping",
+        "udp_start": "counts the flow in flight; refuses it while stopping",
+        "done": "stops listening, drains within the grace, answers, closes and records the rest; "
+                "writes the gateway_stop audit line (before any other addon's done)",
+    },
     "Core": {
         "load": "declares gateway_policy, gateway_audit_log, gateway_audit_hmac_env; installs the gate",
         "configure": "loads and compiles the policy, checks exposure, opens and keys the audit log",
@@ -122,6 +140,15 @@ HOOKS: dict[str, dict[str, str]] = {
         "udp_error": "records a failed raw UDP flow",
         "done": "flushes and closes the recording files",
     },
+    "Finished": {
+        "response": "a recorded flow is no longer in flight (for the drain)",
+        "error": "a recorded failed flow is no longer in flight",
+        "websocket_end": "a recorded WebSocket is no longer in flight",
+        "tcp_end": "a recorded raw TCP flow is no longer in flight",
+        "tcp_error": "a recorded failed raw TCP flow is no longer in flight",
+        "udp_end": "a recorded raw UDP flow is no longer in flight",
+        "udp_error": "a recorded failed raw UDP flow is no longer in flight",
+    },
     "AuditCloser": {
         "done": "closes the audit log after the recorder has written the last lines",
     },
@@ -145,6 +172,11 @@ def make_addons() -> list:
     # The PostgreSQL lane owns its connections with its own protocol layer; it records through
     # the recorder (one TCP flow per statement), so it sits just before it.
     recorder = Recorder(core)
-    return [core, Session(core.connections, SessionIdCheck(core)), CredentialGuard(core), egress,
+    # Shutdown first: its done drains every flow before any other addon's done stops the scan
+    # pool, the recorder or the audit log; its tracker after the recorder (a flow is finished
+    # once recorded and audited).
+    shutdown = Shutdown(core, approvals, redactor, recorder)
+    return [shutdown, core, Session(core.connections, SessionIdCheck(core)), CredentialGuard(core), egress,
             UpgradeGuard(core), HeaderScanner(core, redactor), redactor, approvals,
-            CredentialInjector(core), Postgres(core, recorder), recorder, core.closer]
+            CredentialInjector(core), Postgres(core, recorder), recorder, shutdown.finished,
+            core.closer]

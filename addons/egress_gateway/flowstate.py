@@ -83,6 +83,9 @@ class FlowState:
     credential = _Field("{name, injected} of the credential bound to the request, or a leak alert.")
     credential_echo = _Field("{where: n} real credential values scrubbed from the answer.")
     credential_scrubbed = _Field("True when a real value was scrubbed from the request.")
+    # stopping
+    shutdown = _Field("How the flow ended when the gateway stopped: drained, refused, "
+                      "stream_ended or closed.")
     # recording
     recording = _Field("What the recorder did with the flow (file, masked headers).")
 

@@ -86,6 +86,22 @@ def test_non_matching_request_is_not_held():
     run(go())
 
 
+def test_gateway_stopping_ends_holds_503_audited_denied_by_shutdown():
+    async def go():
+        _, _, appr = make()
+        f = flow()
+        with taddons.context():
+            latency = await hold_then(appr, f, lambda: appr.end_holds("shutdown"))
+        assert latency < 0.2 and not appr.held
+        assert f.response.status_code == 503
+        assert json.loads(f.response.content) == {
+            "error": "gateway_unavailable", "reason": "gateway stopping", "rule": "admin"}
+        st = f.metadata["gateway"]
+        assert st["approval"]["outcome"] == "denied" and st["approval"]["decided_by"] == "shutdown"
+        assert st["shutdown"] == "refused" and f.comment.startswith("DENIED (gateway stopping)")
+    run(go())
+
+
 def test_approve_by_command():
     async def go():
         _, _, appr = make()

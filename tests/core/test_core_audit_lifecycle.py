@@ -34,9 +34,11 @@ def test_core_opens_and_keys_the_log(tmp_path, monkeypatch):
 
 def test_the_closer_is_the_last_addon_and_closes_after_the_recorder(tmp_path):
     addons = bundle.make_addons()
-    core = addons[0]
+    core = addons[1]  # after the shutdown addon, whose done drains before any other's
     assert isinstance(core, Core) and isinstance(addons[-1], AuditCloser)
-    assert addons[-1].core is core and addons[-2].name == "egress_gateway_recorder"
+    assert addons[0].name == "egress_gateway_shutdown"
+    assert addons[-1].core is core and addons[-3].name == "egress_gateway_recorder"
+    assert addons[-2].name == "egress_gateway_shutdown_finished"  # sees flows once recorded
     with taddons.context(core) as tctx:
         tctx.configure(core, gateway_audit_log=str(tmp_path / "audit.jsonl"))
         core.done()

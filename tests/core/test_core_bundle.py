@@ -27,8 +27,10 @@ def test_hook_table_matches_every_addon():
 
 def test_every_addon_reaches_its_peers_by_reference():
     addons = make_addons()
-    core = addons[0]
     by = {type(a).__name__: a for a in addons}
+    core = by["Core"]
+    assert by["Shutdown"].approvals is by["Approvals"] and by["Shutdown"].recorder is by["Recorder"]
+    assert by["Shutdown"].redactor is by["Redactor"] and by["Finished"].shutdown is by["Shutdown"]
     assert by["Approvals"].redactor is by["Redactor"]
     assert by["Session"].connections is core.connections
     assert all(getattr(a, "core", core) is core for a in addons)

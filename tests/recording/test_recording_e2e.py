@@ -223,6 +223,8 @@ def test_audit_lines_reference_recordings(session_run):
     recorded = [x for x in lines if "recording" in x]
     assert len(recorded) == 6  # 5 HTTP flows and the WebSocket; the CONNECT is audited only
     assert [x["seq"] for x in lines] == list(range(1, len(lines) + 1))
+    everything = session_run["gw"].audit(everything=True)
+    assert everything[-1]["kind"] == "gateway" and everything[-1]["seq"] == len(lines) + 1
     by_session = {x["session"] for x in lines}
     assert {"agent-1", "agent-2", "127.0.0.1", "ws-agent"} <= by_session
     refused = [x for x in lines if x.get("path") == "/exfil"][0]

@@ -28,6 +28,7 @@ from egress_gateway.approvals.holds import Always, Hold, detected_text, revive, 
 from egress_gateway.approvals.settings import ApproveRule
 from egress_gateway.flowstate import refuse, settled, state
 from egress_gateway.net import hosts
+from egress_gateway.shutdown import refuse_stopping
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,16 @@ class Approvals:
 
     def done(self) -> None:
         # An unloaded gateway must not leave flows hanging: deny what is still held.
-        for hold in list(self.held.values()):
-            hold.decision = ("deny", "shutdown", False)
+        self.end_holds("shutdown")
+
+    def end_holds(self, by: str) -> int:
+        """Deny every held request now (the gateway stops or unloads); the agent gets ``503
+        gateway_unavailable`` ("gateway stopping"), the audit line ``denied`` by `by`. The one
+        place where holds end without a reviewer: returns how many."""
+        holds = list(self.held.values())
+        for hold in holds:
+            hold.decide("deny", by)
+        return len(holds)
 
     def _rules(self) -> list[ApproveRule]:
         policy = self.core.policy
@@ -156,6 +165,12 @@ class Approvals:
         revive(flow)
         if verdict == "timeout":
             verdict = "approve" if rule.on_timeout == "allow" else "deny"
+        if verdict == "deny" and by == "shutdown":
+            self._record(flow, rule, "denied", by, waited)
+            refuse_stopping(flow, rule=rule.name)
+            flow.comment = f"DENIED (gateway stopping) after {waited:g}s: rule {rule.name!r}" + (
+                f"; {prior}" if prior else "")
+            return
         if verdict == "deny" or killed:
             self._record(flow, rule, "denied", by, waited)
             why = {"timeout": f"no reviewer decided within {rule.timeout:g}s"}.get(

@@ -44,6 +44,11 @@ _FORWARDED = "_gateway_forwarded"  # flow attribute: the last gateway hook passe
 _AUDITED = "gateway_audited"  # private metadata key (not recorded): the flow's line is written
 
 
+def forwarded(flow) -> bool:
+    """True once the last gateway hook passed the request (it is, or is being, forwarded)."""
+    return bool(getattr(flow, _FORWARDED, False))
+
+
 def describe_error(e: BaseException) -> str:
     """An error as it may be shown to every agent and written to the log and the audit line:
     its type and, for OS errors, the system's message; never the exception's own text (a

@@ -214,7 +214,7 @@ def hold_exclusively(path: Path):
 
 # --- the records --------------------------------------------------------------------------------
 FLOW_FIELDS = ("identity", "would_block", "redactions", "unscanned", "scan_ms", "streamed",
-               "stream_stopped", "approval", "credential")
+               "stream_stopped", "approval", "credential", "shutdown")
 
 
 def _client_session(sid: str | None, client_conn) -> str:
@@ -277,8 +277,9 @@ def stream_record(flow, kind: str) -> dict:
     }
     if flow.error and not meta.get("code"):
         rec["error"] = flow.error.msg
-    if "unscanned" in meta:
-        rec["unscanned"] = meta["unscanned"]
+    for key in ("unscanned", "shutdown"):
+        if key in meta:
+            rec[key] = meta[key]
     return rec
 
 

@@ -43,6 +43,8 @@ def summarize(records: list[dict]) -> list[dict]:
     """One summary per session, sessions ordered by their first line."""
     sessions: dict[str, dict] = {}
     for rec in records:
+        if rec.get("kind") == "gateway":  # the gateway's own lines (gateway_stop): no session
+            continue
         sid = str(rec.get("session") or "unknown")
         s = sessions.get(sid)
         if s is None:

@@ -46,6 +46,7 @@ from egress_gateway.redact.scan import (
 )
 from egress_gateway.redact.stream import StreamRedactor
 from egress_gateway.session import session_of
+from egress_gateway.shutdown import refuse_stopping
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ def _default_engine_factory(settings):
 
 def format_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {e}" for e, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+class ScansAbandoned(Exception):
+    """The gateway is stopping: the scan's result is no longer awaited."""
 
 
 class Redactor:
@@ -73,6 +78,8 @@ class Redactor:
         self._streams: dict[str, StreamRedactor] = {}  # flow id -> its stream redactor
         self._unredacted_streams: set[str] = set()
         self._warm = False
+        self.abandoned = False  # the gateway is stopping: no scan is awaited any more
+        self._abandon: asyncio.Future | None = None  # resolved by abandon_scans()
         core.add_compiler("redact", lambda policy: RedactRuntime(policy, self.engine_factory))
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -147,10 +154,27 @@ class Redactor:
 
     # --- running a scan ---------------------------------------------------------------------
     async def _run(self, fn: Callable[[], Outcome]) -> Outcome:
+        if self.abandoned:
+            raise ScansAbandoned
         if self.pool is None:
             self.pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="gateway-scan")
         loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.run_in_executor(self.pool, fn), self.options.timeout)
+        scan = asyncio.ensure_future(
+            asyncio.wait_for(loop.run_in_executor(self.pool, fn), self.options.timeout))
+        if self._abandon is None:
+            self._abandon = loop.create_future()
+        await asyncio.wait([scan, self._abandon], return_when=asyncio.FIRST_COMPLETED)
+        if scan.done():
+            return scan.result()
+        scan.cancel()  # the worker itself ends within the scan's deadline
+        raise ScansAbandoned
+
+    def abandon_scans(self) -> None:
+        """The gateway is stopping: scans in flight and later ones raise ScansAbandoned, and
+        their flows are answered 503 gateway_unavailable ("gateway stopping")."""
+        self.abandoned = True
+        if self._abandon is not None and not self._abandon.done():
+            self._abandon.set_result(None)
 
     def _record(self, flow, direction: str, out: Outcome) -> None:
         st = state(flow)
@@ -183,6 +207,9 @@ class Redactor:
         st.redaction_comment = mine
 
     def _fail(self, flow, direction: str, e: BaseException) -> None:
+        if isinstance(e, ScansAbandoned):
+            refuse_stopping(flow, direction=direction)
+            return
         if isinstance(e, TimeoutError):
             reason = (f"scanning the {direction} exceeded the time budget of "
                       f"{self.options.timeout:g} s")
