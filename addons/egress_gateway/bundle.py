@@ -13,6 +13,7 @@ from egress_gateway.core import Core
 from egress_gateway.credentials.addon import CredentialGuard, CredentialInjector
 from egress_gateway.egress.addon import Egress
 from egress_gateway.egress.upgrade import UpgradeGuard
+from egress_gateway.fleet.addon import Fleet
 from egress_gateway.postgres.addon import Postgres
 from egress_gateway.recording.addon import Recorder
 from egress_gateway.redact.addon import Redactor
@@ -96,11 +97,19 @@ HOOKS: dict[str, dict[str, str]] = {
         "udp_start": "refuses raw UDP (unscannable) unless the policy passes it",
         "done": "stops the scan pool",
     },
+    "Fleet": {
+        "load": "declares gateway_state, gateway_instance",
+        "configure": "parses the store's URL (no password in it) and the instance id",
+        "running": "connects to the store: tables, heartbeat, decisions (LISTEN/NOTIFY + polling)",
+        "server_connect": "refuses dials to the store's address",
+        "done": "ends this instance's open hold rows (shutdown); closes the connections",
+    },
     "Approvals": {
         "configure": "guards security options and mitmweb's commands",
         "running": "knows whether a reviewer can exist (mitmweb)",
         "requestheaders": "keeps a request a rule may hold from streaming its body past the hold",
-        "request": "holds matching requests until a reviewer, a timeout or 'unattended' decides",
+        "request": "holds matching requests until a reviewer (mitmweb or the fleet's queue), a "
+                   "timeout or 'unattended' decides",
         "client_disconnected": "ends the holds of a client that went away",
         "server_connect": "refuses dials to mitmweb's own port",
         "done": "denies what is still held",
@@ -162,7 +171,9 @@ def make_addons() -> list:
     # Approvals after redaction (they match on its counts, the reviewer sees redacted bodies, an
     # edited request is re-scanned by it) and before credentials are injected (the reviewer
     # sees placeholders).
-    approvals = Approvals(core, egress, redactor)
+    # The fleet's store (gateway_state) is the review queue of every instance.
+    fleet = Fleet()
+    approvals = Approvals(core, egress, redactor, fleet=fleet)
     # Session first (refusals carry it). Credentials: the guard before egress (its hooks are
     # synchronous: leaks are refused and real values scrubbed before any hook awaits and mitmweb
     # can read the flow); the injector after approvals and redaction, before the recorder (it
@@ -177,6 +188,6 @@ def make_addons() -> list:
     # once recorded and audited).
     shutdown = Shutdown(core, approvals, redactor, recorder)
     return [shutdown, core, Session(core.connections, SessionIdCheck(core)), CredentialGuard(core), egress,
-            UpgradeGuard(core), HeaderScanner(core, redactor), redactor, approvals,
+            UpgradeGuard(core), HeaderScanner(core, redactor), redactor, fleet, approvals,
             CredentialInjector(core), Postgres(core, recorder), recorder, shutdown.finished,
             core.closer]

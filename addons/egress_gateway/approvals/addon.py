@@ -26,6 +26,7 @@ from egress_gateway import session
 from egress_gateway.approvals import webguard
 from egress_gateway.approvals.holds import Always, Hold, detected_text, revive, snapshot
 from egress_gateway.approvals.settings import ApproveRule
+from egress_gateway.fleet.store import StoreDown
 from egress_gateway.flowstate import refuse, settled, state
 from egress_gateway.net import hosts
 from egress_gateway.shutdown import refuse_stopping
@@ -38,8 +39,12 @@ class Approvals:
 
     name = "egress_gateway_approvals"
 
-    def __init__(self, core, egress, redactor, attended: bool | None = None) -> None:
+    def __init__(self, core, egress, redactor, attended: bool | None = None, fleet=None) -> None:
         self.core = core
+        self.fleet = fleet  # the fleet's review store (None or unconfigured: this gateway alone)
+        if fleet is not None:
+            fleet.on_down = self._store_down
+            fleet.on_decision = self._store_decision
         self.egress = egress  # checks an edited request again
         self.redactor = redactor  # scans an edited request again (None: no redaction)
         self.attended = attended  # None: a reviewer exists when running under mitmweb
@@ -53,7 +58,13 @@ class Approvals:
         except Exception:
             return False
 
+    def _queued(self) -> bool:
+        """Whether holds go to the fleet's review queue (``gateway_state`` is set)."""
+        return self.fleet is not None and self.fleet.state is not None
+
     def reviewer_possible(self) -> bool:
+        if self._queued():
+            return True  # the store is the review channel, mitmweb or not
         return self._web() if self.attended is None else self.attended
 
     def configure(self, updated: set[str]) -> None:
@@ -154,6 +165,14 @@ class Approvals:
                         "approve always (this session and rule)." + (f"; {prior}" if prior else ""))
         flow.intercept()
         self._update(flow)
+        store = self.fleet.store if self._queued() else None
+        if self._queued():
+            try:
+                if store is None:
+                    raise StoreDown("not connected yet")
+                await store.add(hold.summary())
+            except StoreDown:
+                hold.decide("deny", "store unreachable")
         log.warning(f"egress gateway: holding {flow.request.method} {flow.request.pretty_host}"
                     f"{flow.request.path.split('?', 1)[0]} for approval (rule {rule.name}, flow {flow.id})")
         try:
@@ -167,13 +186,19 @@ class Approvals:
             verdict = "approve" if rule.on_timeout == "allow" else "deny"
         if verdict == "deny" and by == "shutdown":
             self._record(flow, rule, "denied", by, waited)
+            if store is not None:  # the queue's row ends too
+                await store.end(flow.id, "denied", by)
             refuse_stopping(flow, rule=rule.name)
             flow.comment = f"DENIED (gateway stopping) after {waited:g}s: rule {rule.name!r}" + (
                 f"; {prior}" if prior else "")
             return
         if verdict == "deny" or killed:
             self._record(flow, rule, "denied", by, waited)
-            why = {"timeout": f"no reviewer decided within {rule.timeout:g}s"}.get(
+            if store is not None:
+                await store.end(flow.id, "denied", by)
+            why = {"timeout": f"no reviewer decided within {rule.timeout:g}s",
+                   "store unreachable": "denied: the review store "
+                   f"{self.fleet.state.display if self._queued() else ''} is unreachable"}.get(
                 by, "a reviewer denied it" if by.startswith("reviewer") else f"denied ({by})")
             self._deny(flow, rule, why)
             flow.comment = f"DENIED ({by}) after {waited:g}s: rule {rule.name!r}" + (
@@ -182,6 +207,8 @@ class Approvals:
         if always:
             self.always.add(sess, rule)
         self._record(flow, rule, "approved", by, waited, always=always or None)
+        if store is not None:
+            await store.end(flow.id, "approved", by)
         flow.comment = (f"APPROVED ({by}{', always' if always else ''}) after {waited:g}s: "
                         f"rule {rule.name!r}" + (f"; {prior}" if prior else ""))
         if snapshot(flow.request) != before:
@@ -192,6 +219,19 @@ class Approvals:
         for hold in list(self.held.values()):
             if hold.flow.client_conn.id == client.id:
                 hold.decide("deny", "client disconnected")
+
+    def _store_decision(self, flow_id: str, verdict: str, by: str, always: bool) -> bool:
+        """A reviewer decided in the fleet's queue; False: not held here (any more)."""
+        hold = self.held.get(flow_id)
+        if hold is None:
+            return False
+        hold.decide("approve" if verdict == "approve" else "deny", by, bool(always))
+        return True
+
+    def _store_down(self, reason: str) -> None:
+        """The store is unreachable: nobody can decide what is held here (fail closed)."""
+        for hold in list(self.held.values()):
+            hold.decide("deny", "store unreachable")
 
     async def _recheck_edited(self, flow: http.HTTPFlow, rule: ApproveRule) -> None:
         """A reviewer edited the held request: egress and redaction check it again (fail closed)."""

@@ -1,4 +1,7 @@
-"""`run_gateway.sh approvals list|approve ID|deny ID [--always]`: drive a running mitmweb headless.
+"""`run_gateway.sh approvals list|approve ID [--always]|deny ID|watch [--state URL] [--json]`.
+
+With ``--state`` (or ``$GATEWAY_STATE``): the fleet's review queue in PostgreSQL, every
+instance at once (`fleet.queue`). Without: a running mitmweb, driven headless.
 
 Talks to mitmweb's REST API on loopback: ``Authorization: Bearer <password>``; POSTs also carry
 the ``_mitmproxy_xsrf`` cookie and a matching ``X-XSRFToken`` header. The password comes from
@@ -110,22 +113,105 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="run_gateway.sh approvals",
-                                 description="Review held requests of a running './run_gateway.sh web'.")
-    ap.add_argument("--url", default=None, help="mitmweb URL (default http://127.0.0.1:8081)")
-    ap.add_argument("--port", type=int, default=None, help="mitmweb port on 127.0.0.1 (web_port)")
-    ap.add_argument("--password", default=None, help="mitmweb password (prefer GATEWAY_WEB_PASSWORD)")
-    ap.add_argument("--json", action="store_true", help="list: print JSON")
+def _store_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no requests are held in the review store"
+    lines = []
+    for r in rows:
+        detected = ", ".join(f"{k} x{v}" for k, v in sorted((r["detected"] or {}).items())) or "-"
+        lines.append(f"{r['id']}  [{r['instance']}]  {r['method']} {r['host']}:{r['port']}{r['path']}\n"
+                     f"    rule {r['rule']}: {r['reason']}\n"
+                     f"    detected: {detected}; session {r['session']}; waiting "
+                     f"{r['waiting_seconds']:g}s, {max(r['remaining_seconds'], 0):g}s left "
+                     f"(then {r['on_timeout']})")
+    return "\n".join(lines)
+
+
+def _options(p: argparse.ArgumentParser, sub: bool) -> None:
+    """The options, accepted before or after the action (SUPPRESS: a sub-parser's default does
+    not overwrite what was given before the action)."""
+    d = {"default": argparse.SUPPRESS} if sub else {}
+    p.add_argument("--state", help="the fleet's review store: postgresql://USER@HOST:PORT/DB "
+                   "(password from PGPASSWORD or a passfile; default $GATEWAY_STATE)", **d)
+    p.add_argument("--url", help="mitmweb URL (default http://127.0.0.1:8081)", **d)
+    p.add_argument("--port", type=int, help="mitmweb port on 127.0.0.1 (web_port)", **d)
+    p.add_argument("--password", help="mitmweb password (prefer GATEWAY_WEB_PASSWORD)", **d)
+    p.add_argument("--json", action="store_true", help="list/watch: print JSON", **d)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="run_gateway.sh approvals",
+        description="Review held requests: of the fleet's store (--state), or of a running "
+                    "'./run_gateway.sh web'.")
+    _options(ap, sub=False)
     sub = ap.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="list held requests")
+    _options(sub.add_parser("list", help="list held requests"), sub=True)
+    _options(sub.add_parser("watch", help="print holds as they come and end (--state only)"),
+             sub=True)
     for name in ("approve", "deny"):
         p = sub.add_parser(name, help=f"{name} a held request (a unique id prefix is enough)")
         p.add_argument("id")
         if name == "approve":
             p.add_argument("--always", action="store_true",
                            help="also approve later requests of the same session and rule")
-    args = ap.parse_args(argv)
+        _options(p, sub=True)
+    return ap.parse_args(argv)
+
+
+def _store_main(args: argparse.Namespace, state: str) -> int:
+    from egress_gateway.fleet.queue import QueueError, ReviewQueue
+    from egress_gateway.fleet.settings import parse_state_url
+
+    try:
+        queue = ReviewQueue(parse_state_url(state))
+    except (ValueError, QueueError) as e:
+        print(f"run_gateway.sh approvals: {e}", file=sys.stderr)
+        return 1
+    try:
+        if args.action == "list":
+            rows = queue.pending()
+            print(json.dumps(rows, indent=2, default=str) if args.json else _store_table(rows))
+        elif args.action == "watch":
+            def emit(event: str, row: dict) -> None:
+                if args.json:
+                    print(json.dumps({"event": event, **row}, default=str), flush=True)
+                elif event == "held":
+                    print(_store_table([row]), flush=True)
+                else:
+                    print(f"{row['id']}  [{row['instance']}]  ended: {row['outcome']} "
+                          f"({row['decided_by'] or '-'})", flush=True)
+            try:
+                queue.watch(emit)
+            except KeyboardInterrupt:
+                pass
+        else:
+            verdict = "approve" if args.action == "approve" else "deny"
+            always = bool(getattr(args, "always", False))
+            row = queue.decide(args.id, verdict, always)
+            word = "approved" if verdict == "approve" else "denied"
+            print(f"{word} {row['id']} on instance {row['instance']}"
+                  + (" (always, for this session and rule)" if always else ""))
+    except QueueError as e:
+        print(f"run_gateway.sh approvals: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # psycopg.Error: the store went away mid-command
+        print(f"run_gateway.sh approvals: review store: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        queue.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = _parse(argv)
+    state = args.state or os.environ.get("GATEWAY_STATE", "")
+    if state:
+        return _store_main(args, state)
+    if args.action == "watch":
+        print("run_gateway.sh approvals: watch needs --state (the fleet's review store)",
+              file=sys.stderr)
+        return 2
     url = args.url or f"http://127.0.0.1:{args.port or 8081}"
     try:
         client = WebClient(url, read_password(args.password))

@@ -1,0 +1,1 @@
+"""A fleet of gateways sharing one PostgreSQL store (``gateway_state``): the review queue."""
