@@ -85,17 +85,20 @@ HOOKS: dict[str, dict[str, str]] = {
         "response": "scans the trailers; completes a refusal made at responseheaders",
     },
     "Redactor": {
-        "load": "declares gateway_body_limit, gateway_scan_workers, gateway_scan_timeout",
-        "configure": "starts the scan pool; builds the policy's detection engines",
+        "load": "declares gateway_body_limit, gateway_scan_workers, gateway_scan_timeout and "
+                "the restore vault's options (gateway_vault_key_env, _ttl, _file)",
+        "configure": "starts the scan pool; builds the policy's detection engines; creates the "
+                     "restore vault (a restore rule without its key stops start-up)",
         "requestheaders": "refuses a declared over-limit body before it is buffered",
-        "request": "redacts the request's body, query and path",
+        "request": "redacts the request's body, query and path (restore rules: into tokens)",
         "responseheaders": "wraps server-sent events with the streaming redactor",
-        "response": "redacts the response body (or closes a redacted stream)",
+        "response": "redacts the response body, then restores a restore rule's tokens (or "
+                    "closes a redacted stream)",
         "error": "closes a redacted stream that failed",
         "websocket_message": "redacts or drops each WebSocket message",
         "tcp_start": "refuses raw TCP (unscannable) unless the policy passes it",
         "udp_start": "refuses raw UDP (unscannable) unless the policy passes it",
-        "done": "stops the scan pool",
+        "done": "stops the scan pool; saves the restore vault (gateway_vault_file)",
     },
     "Fleet": {
         "load": "declares gateway_state, gateway_instance",
@@ -129,7 +132,7 @@ HOOKS: dict[str, dict[str, str]] = {
         "postgres_statement": "read_only, then approve rules (held in mitmweb, or unattended)",
         "postgres_scan": "masks rows, COPY data, server messages and agent statements off the loop",
         "postgres_event": "records a statement (or login) as a TCP flow; writes its audit line",
-        "done": "stops the scan pool",
+        "done": "stops the scan pool; saves the restore vault (gateway_vault_file)",
     },
     "Recorder": {
         "load": "declares the recording options",

@@ -77,6 +77,7 @@ class FlowState:
     scan_ms = _Field("{direction: milliseconds} spent scanning.")
     streamed = _Field("{'events': n} for a server-sent-events answer redacted while streaming.")
     stream_stopped = _Field("Why a streamed answer was cut off (a block operator, an error).")
+    pseudonyms = _Field("{tokenized, restored, unknown}: restore-rule counts (never values).")
     websocket_dropped = _Field("{direction: n} WebSocket messages dropped (refused content).")
     # approvals and credentials
     approval = _Field("{rule, outcome, decided_by, wait_seconds, held, ...} of an approval rule.")

@@ -70,6 +70,9 @@ from egress_gateway.detection.settings import DetectionSettings, HashOperator  #
 
 logger = logging.getLogger(__name__)
 
+# (entity, value) -> the restore token that replaces it (pseudonyms.vault)
+Tokenize = Callable[[str, str], str]
+
 _engines: dict[str, DetectionEngine] = {}  # per settings (JSON)
 _engines_lock = threading.Lock()
 _pseudonyms: ops.PseudonymStore | None = None
@@ -302,17 +305,20 @@ class DetectionEngine:
         return self.redact_many([text], session, prose)[0]
 
     def redact_many(
-        self, texts: list[str], session: str = "", prose: bool | None = None
+        self, texts: list[str], session: str = "", prose: bool | None = None,
+        tokenize: Tokenize | None = None,
     ) -> list[TextResult]:
         """``redact`` for many short texts (e.g. JSON leaves) with one batched NER pass.
-        Pseudonyms are shared by all texts of the call (same session table)."""
+        Pseudonyms are shared by all texts of the call (same session table). With `tokenize`
+        (a restore rule), every non-``block`` entity becomes ``tokenize(entity, value)``."""
         all_findings = self.analyze_many(texts, prose)
         get_table = self._table_getter(session)
-        return [self._apply(text, findings, get_table)
+        return [self._apply(text, findings, get_table, tokenize)
                 for text, findings in zip(texts, all_findings, strict=True)]
 
     def redact_many_cached(
-        self, texts: list[str], session: str = "", prose: bool | None = None
+        self, texts: list[str], session: str = "", prose: bool | None = None,
+        tokenize: Tokenize | None = None,
     ) -> list[TextResult] | None:
         """`redact_many` if every text's findings are cached (cheap enough for the event loop),
         else None without analysing anything."""
@@ -327,14 +333,15 @@ class DetectionEngine:
                 return None
             found.append(list(hit))
         get_table = self._table_getter(session)
-        return [self._apply(t, f, get_table) for t, f in zip(texts, found, strict=True)]
+        return [self._apply(t, f, get_table, tokenize) for t, f in zip(texts, found, strict=True)]
 
-    def apply(self, text: str, findings: list[Finding], session: str = "") -> TextResult:
+    def apply(self, text: str, findings: list[Finding], session: str = "",
+              tokenize: Tokenize | None = None) -> TextResult:
         """Rewrite ``text`` with findings computed earlier (e.g. on a longer text that starts
         with ``text``: streaming redaction analyses once and releases a prefix). Findings that
         end past ``text`` are ignored."""
         kept = [f for f in findings if f.end <= len(text)]
-        return self._apply(text, kept, self._table_getter(session))
+        return self._apply(text, kept, self._table_getter(session), tokenize)
 
     def _table_getter(self, session: str) -> Callable[[], ops.PseudonymTable]:
         """The session's pseudonym table, fetched on first use only."""
@@ -348,12 +355,15 @@ class DetectionEngine:
 
         return get_table
 
-    def _apply(self, text: str, findings: list[Finding], get_table) -> TextResult:
+    def _apply(self, text: str, findings: list[Finding], get_table,
+               tokenize: Tokenize | None = None) -> TextResult:
         if not findings:
             return TextResult(text=text)
         present = {f.entity_type for f in findings}
         configs = {
             e: ops.operator_config(e, self.settings, self._key, get_table, self._pseudonyms.lock)
+            if tokenize is None or ops.is_blocking(e, self.settings)
+            else ops.token_config(e, tokenize)
             for e in present
         }
         anonymized = self._heavy.anonymizer.anonymize(

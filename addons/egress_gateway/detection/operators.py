@@ -159,5 +159,10 @@ def operator_config(
     raise TypeError(f"unknown operator {spec!r}")  # pragma: no cover
 
 
+def token_config(entity: str, tokenize: Callable[[str, str], str]) -> OperatorConfig:
+    """A restore rule's operator: the value becomes its session token (``pseudonyms``)."""
+    return _custom(lambda v: tokenize(entity, v))
+
+
 def is_blocking(entity: str, settings: DetectionSettings) -> bool:
     return isinstance(settings.operator(entity), BlockOperator)

@@ -214,7 +214,7 @@ def hold_exclusively(path: Path):
 
 # --- the records --------------------------------------------------------------------------------
 FLOW_FIELDS = ("identity", "would_block", "redactions", "unscanned", "scan_ms", "streamed",
-               "stream_stopped", "approval", "credential", "shutdown")
+               "stream_stopped", "pseudonyms", "approval", "credential", "shutdown")
 
 
 def _client_session(sid: str | None, client_conn) -> str:

@@ -29,6 +29,8 @@ from mitmproxy import ctx, exceptions, http
 
 from egress_gateway.detection.engine import deadline
 from egress_gateway.flowstate import refuse, settled, state
+from egress_gateway.pseudonyms.keeper import VaultKeeper
+from egress_gateway.pseudonyms.restore import restore_message
 from egress_gateway.redact import bodies
 from egress_gateway.redact.runtime import RedactRuntime
 from egress_gateway.redact.scan import (
@@ -80,6 +82,7 @@ class Redactor:
         self._warm = False
         self.abandoned = False  # the gateway is stopping: no scan is awaited any more
         self._abandon: asyncio.Future | None = None  # resolved by abandon_scans()
+        self.vaults = VaultKeeper()
         core.add_compiler("redact", lambda policy: RedactRuntime(policy, self.engine_factory))
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -99,6 +102,7 @@ class Redactor:
             "Time budget in seconds for scanning one message; past it the flow is refused "
             "(internal_error).",
         )
+        self.vaults.load(loader)
 
     def configure(self, updated: set[str]) -> None:
         names = {"gateway_body_limit", "gateway_scan_workers", "gateway_scan_timeout"}
@@ -115,6 +119,11 @@ class Redactor:
                 if old is not None:
                     old.shutdown(wait=False)
             self.options = opts
+        if (updated & {"gateway_policy", *VaultKeeper.OPTIONS}) and self.core.compiled is not None:
+            try:
+                self.vaults.configure(ctx.options, self.runtime().any_restore)
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from None
         if "gateway_policy" in updated and self.core.compiled is not None:
             # Presidio and spaCy load here (~1-2 s), before the gateway says it is ready.
             try:
@@ -123,6 +132,7 @@ class Redactor:
                 raise exceptions.OptionsError(f"cannot load the detection engine: {e}") from None
 
     def done(self) -> None:
+        self.vaults.done()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
@@ -247,22 +257,28 @@ class Redactor:
             ce = ", ".join([c for c in [ce] if c] + te)
 
         provider = rt.provider if direction == "request" else None
+        tokenize = (self.vaults.tokenizer(session)
+                    if direction == "request" and rt.restores(idx) else None)
+        extra = {"tokenize": tokenize} if tokenize is not None else {}
 
         def work() -> Outcome:
             engine = rt.engine(idx, direction)
             with deadline(self.options.timeout):  # the worker stops too, not only the wait
                 return scan_message(raw, ct, ce, query, rules, limit,
                                     lambda texts, **kw: engine.redact_many(
-                                        texts, session=session, **kw), upath, provider)
+                                        texts, session=session, **extra, **kw),
+                                    upath, provider)
 
         t0 = time.perf_counter()
         out = self._scan_inline(rt.engine(idx, direction), rules, raw, ct, ce, query, session,
-                                upath, provider)
+                                upath, provider, extra)
         if out is None:
             out = await self._run(work)
         ms = round((time.perf_counter() - t0) * 1000, 1)
         state(flow).sub("scan_ms")[direction] = ms
         self._record(flow, direction, out)
+        if tokenize is not None and out.counts:
+            state(flow).count("pseudonyms", "tokenized", sum(out.counts.values()))
         if out.refusal:
             code, reason, details = out.refusal
             refuse(flow, code, reason, direction=direction, **details)
@@ -280,7 +296,7 @@ class Redactor:
                 msg.headers["content-length"] = str(len(out.body))
 
     def _scan_inline(self, engine, rules, raw, ct, ce, query, session, upath=None,
-                     provider=None):
+                     provider=None, extra=None):
         """A small message whose texts are all cached (or that has none) is finished on the
         event loop: a thread-pool round trip costs more than the work. None: use the pool."""
         if raw is not None and len(raw) > INLINE_MAX_BYTES or ce:
@@ -290,7 +306,7 @@ class Redactor:
             return None
 
         def cached_only(texts, **kw):
-            results = cached(texts, session=session, **kw)
+            results = cached(texts, session=session, **(extra or {}), **kw)
             if results is None:
                 raise CacheMiss
             return results
@@ -384,24 +400,38 @@ class Redactor:
                 return
             rt = self.runtime()
             idx, rules = rt.for_flow(flow.request.host, flow.request.path, "response")
-            if not rt.enabled or not rules.enabled:
+            restore = rt.enabled and rt.restores(idx)
+            if (not rt.enabled or not rules.enabled) and not restore:
                 resp.stream = True  # not redacted for this host: stream it as it comes
                 self._unredacted_streams.add(flow.id)
                 return
-            engine = rt.engine(idx, "response")
             session = session_of(flow)
-            scope = rules.scope()
+            if rules.enabled:
+                engine = rt.engine(idx, "response")
+                scope = rules.scope()
+                analyze = engine.analyze
 
-            def apply(text: str, findings: list):
-                r = engine.apply(text, findings, session=session)
-                return r.text, r.counts, r.blocked
+                def apply(text: str, findings: list):
+                    r = engine.apply(text, findings, session=session)
+                    return r.text, r.counts, r.blocked
 
-            def redact_data(data: str):
-                return bodies.redact_sse_data(
-                    data, lambda texts, **kw: engine.redact_many(texts, session=session, **kw),
-                    scope)
+                def redact_data(data: str):
+                    return bodies.redact_sse_data(
+                        data, lambda texts, **kw: engine.redact_many(texts, session=session,
+                                                                     **kw), scope)
+            else:  # restore only: this host's responses are not redacted
+                def analyze(text: str):
+                    return []
 
-            self._streams[flow.id] = stream = StreamRedactor(engine.analyze, apply, redact_data)
+                def apply(text: str, findings: list):
+                    return text, {}, set()
+
+                def redact_data(data: str):
+                    return data, {}, set()
+
+            restorer = (lambda context: self.vaults.restorer(session, context)) if restore else None
+            self._streams[flow.id] = stream = StreamRedactor(analyze, apply, redact_data,
+                                                             restorer=restorer)
             resp.stream = stream
             if "content-length" in resp.headers:  # the redacted stream has another length
                 del resp.headers["content-length"]
@@ -414,6 +444,7 @@ class Redactor:
         out = Outcome(counts=Counter(stream.counts))
         self._record(flow, "response", out)
         st = state(flow)
+        self._record_restore(flow, stream.restored, stream.unknown_tokens)
         st.streamed = {"events": stream.events}
         if stream.failed:
             st.stream_stopped = stream.failed
@@ -432,8 +463,40 @@ class Redactor:
             return  # SSE streamed as it came: this host's responses are not redacted
         try:
             await self._scan_http(flow, "response")
+            if not state(flow).refused:
+                self._restore_response(flow)
         except Exception as e:
             self._fail(flow, "response", e)
+
+    # --- reversible pseudonyms ----------------------------------------------------------
+    def _record_restore(self, flow, restored: int, unknown: int) -> None:
+        st = state(flow)
+        if restored:
+            st.count("pseudonyms", "restored", restored)
+        if unknown:
+            st.count("pseudonyms", "unknown", unknown)
+            log.info(f"egress gateway left {unknown} unknown restore token(s) in the response "
+                     f"from {flow.request.pretty_host}")
+
+    def _restore_response(self, flow: http.HTTPFlow) -> None:
+        """A restore rule's buffered response: the session's tokens replaced by its values
+        (after redaction: a restored value is never masked again)."""
+        rt = self.runtime()
+        if not rt.enabled or not rt.restores(rt.for_flow(flow.request.host, flow.request.path,
+                                                         "response")[0]):
+            return
+        resp = flow.response
+        raw = resp.raw_content
+        if not raw:
+            return
+        text = resp.get_text(strict=False)
+        if text is None:
+            return
+        kind = bodies.content_kind(resp.headers.get("content-type"), raw)
+        new, restored, unknown = restore_message(text, kind, self.vaults.lookup(session_of(flow)))
+        self._record_restore(flow, restored, unknown)
+        if new is not None:
+            resp.text = new
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._unredacted_streams.discard(flow.id)

@@ -46,6 +46,14 @@ class RedactRuntime:
         idx = self.settings.rule_index(host, path)
         return idx, self.merged[(idx, direction)]
 
+    def restores(self, idx: int) -> bool:
+        """True when rule `idx` (-1: no rule) uses reversible pseudonyms."""
+        return idx >= 0 and self.settings.rules[idx].restore
+
+    @property
+    def any_restore(self) -> bool:
+        return self.enabled and any(r.restore for r in self.settings.rules)
+
     def engine(self, idx: int, direction: str):
         """The detection engine for one direction of one rule (built once; thread-safe)."""
         key = (idx, direction)

@@ -160,6 +160,13 @@ class RedactRule(_Model):
         description="URL path prefixes (e.g. /v1/messages), matched on the normalised path the "
         "upstream will see (percent-decoded, no dot segments or '//'); empty: every path.",
     )
+    restore: bool = Field(
+        False,
+        description="Reversible pseudonyms (see 'Restore' in policies/README.md): in requests "
+        "every non-block operator becomes the session token <ENTITY_xxxxxxxx>; in responses the "
+        "session's tokens are replaced back by its values. Needs the key named by "
+        "gateway_vault_key_env.",
+    )
     request: DirectionRules | None = Field(
         None, description="Keys of redact.request to override for these hosts (others inherited)."
     )
@@ -183,6 +190,8 @@ class RedactRule(_Model):
             raise ValueError("give either 'hosts' or 'postgres' (database entry names)")
         if self.postgres and self.paths:
             raise ValueError("'paths' applies to hosts, not to postgres entries")
+        if self.postgres and self.restore:
+            raise ValueError("'restore' applies to hosts (HTTP), not to postgres entries")
         return self
 
     def matches(self, host: str, path: str) -> bool:

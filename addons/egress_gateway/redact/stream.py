@@ -8,6 +8,10 @@
   per content block; other events' ``data`` are redacted whole (JSON or text). It never returns
   ``b""`` before the end (mitmproxy would write a zero-length chunk, which ends a chunked
   response): when everything is held back it returns an empty list.
+- With a `restorer` factory (a restore rule), released text then goes through a `Restorer` per
+  content block (``text_delta``: decoded text; ``input_json_delta``: a JSON fragment), which
+  holds back only a tail that could start a token; other events' JSON has its tokens restored
+  whole (signed fields kept).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from egress_gateway.net.sse import Event, SSEParser
+from egress_gateway.pseudonyms.restore import Restorer, restore_json
 
 # Findings for a text: anything with .start and .end (detection.Finding).
 Analyze = Callable[[str], list]
@@ -86,8 +91,12 @@ class StreamRedactor:
     """``flow.response.stream`` callable for ``text/event-stream`` bodies."""
 
     def __init__(self, analyze: Analyze, apply: Apply, redact_data: RedactData,
-                 window: int = 40) -> None:
+                 window: int = 40, restorer: Callable[[str], Restorer] | None = None) -> None:
         self.parser = SSEParser()
+        self.restorer = restorer
+        self.restorers: dict[int, Restorer] = {}  # index -> the block's restorer
+        self.data_restorer = restorer("text") if restorer else None
+        self.restored = self.unknown_tokens = 0
         self.analyze, self.apply, self.window = analyze, apply, window
         self.redact_data = redact_data
         self.blocks: dict[int, tuple[HoldBack, str]] = {}  # index -> (hold-back, delta type)
@@ -102,6 +111,26 @@ class StreamRedactor:
                "delta": {"type": dtype, _DELTA_FIELDS[dtype]: text}}
         return b"event: content_block_delta\ndata: " + json.dumps(doc).encode() + b"\n\n"
 
+    def _restore(self, index: int, dtype: str, text: str, end: bool = False) -> str:
+        if self.restorer is None:
+            return text
+        r = self.restorers.get(index)
+        if r is None:
+            r = self.restorers[index] = self.restorer(
+                "json" if dtype == "input_json_delta" else "text")
+        out = r.push(text)
+        if end:
+            out += r.flush()
+            del self.restorers[index]
+        return out
+
+    def _count_restores(self) -> None:
+        rs = [*self.restorers.values(), *([self.data_restorer] if self.data_restorer else [])]
+        self.restored = sum(r.restored for r in rs) + self._restored_done
+        self.unknown_tokens = sum(r.unknown for r in rs) + self._unknown_done
+
+    _restored_done = _unknown_done = 0
+
     def _flush_block(self, index: int) -> bytes:
         entry = self.blocks.pop(index, None)
         if entry is None:
@@ -110,6 +139,12 @@ class StreamRedactor:
         text = hold.flush()
         self.counts.update(hold.counts)
         self.blocked |= hold.blocked
+        r = self.restorers.get(index)
+        text = self._restore(index, dtype, text, end=True)
+        if r is not None:
+            self._restored_done += r.restored
+            self._unknown_done += r.unknown
+        self._count_restores()
         return self._delta_event(index, dtype, text) if text else b""
 
     def _handle(self, ev: Event) -> bytes:
@@ -135,6 +170,9 @@ class StreamRedactor:
                 self.counts.update(hold.counts)
                 hold.counts.clear()
                 self.blocked |= hold.blocked
+                if released:
+                    released = self._restore(index, dtype, released)
+                    self._count_restores()
                 return self._delta_event(index, dtype, released) if released else b""
         prefix = b""
         if isinstance(doc, dict) and doc.get("type") == "content_block_stop" \
@@ -145,6 +183,13 @@ class StreamRedactor:
         new, counts, blocked = self.redact_data(data)
         self.counts.update(counts)
         self.blocked |= blocked
+        if self.data_restorer is not None and doc is not None:
+            restored, n, u = restore_json(new, self.data_restorer.lookup)
+            if n or u:
+                self._restored_done += n
+                self._unknown_done += u
+                self._count_restores()
+                new = restored
         return prefix + (ev.raw() if new is data or new == data else ev.with_data(new))
 
     # -- mitmproxy's stream interface ------------------------------------------------------
