@@ -25,6 +25,15 @@ SCAN = [
     ("urlsafe-b64", base64.urlsafe_b64encode(f"zz{REAL}".encode()), "secret"),
     ("secret-quoted", b"v=" + REAL.encode(), "secret"),
     ("nothing", b"gateway-placeholder-y and sk-real-value", None),
+    ("secret-hex", REAL.encode().hex().encode(), "secret"),
+    ("secret-HEX", REAL.encode().hex().upper().encode(), "secret"),
+    ("secret-reversed", REAL[::-1].encode(), "secret"),
+    ("secret-reversed-b64", base64.b64encode(REAL[::-1].encode()), "secret"),
+    ("secret-spaced", " ".join(REAL).encode(), "secret"),
+    ("secret-dashed", "-".join(REAL).encode(), "secret"),
+    ("secret-one-per-line", "\n".join(REAL).encode(), "secret"),
+    ("placeholder-hex", PH.encode().hex().encode(), "placeholder"),
+    ("unrelated hex", b"deadbeef" * 8, None),
 ]
 
 
@@ -47,6 +56,8 @@ LEAKS = [
     ("gzip-body", req(host="evil.com", headers={"content-encoding": "gzip"},
                       body=gzip.compress(PH.encode())), "the body"),
     ("host-label", req(host=f"{PH}.example.org"), "the URL"),
+    ("gzip-transfer-coding", req(host="evil.com", headers={"transfer-encoding": "gzip, chunked"},
+                                 body=gzip.compress(REAL[::-1].encode())), "the body"),
     ("bound-header", req(headers={"X-Api-Key": PH}), None),
     ("bound-body", req(body=PH.encode()), None),
     ("bound-wrong-method", req(method="GET", headers={"X-Api-Key": PH}), "header X-Api-Key"),

@@ -2,8 +2,42 @@
 
 from __future__ import annotations
 
+import base64
+
+import pytest
 from cred_helpers import PH, REAL, entry, policy
 from egress_gateway.credentials import scrub
+
+FORMS = [
+    ("literal", lambda v: v.encode()),
+    ("base64", lambda v: base64.b64encode(v.encode())),
+    ("base64 unpadded", lambda v: base64.b64encode(v.encode()).rstrip(b"=")),
+    ("base64url", lambda v: base64.urlsafe_b64encode(v.encode())),
+    ("hex", lambda v: v.encode().hex().encode()),
+    ("HEX", lambda v: v.encode().hex().upper().encode()),
+    ("reversed", lambda v: v[::-1].encode()),
+    ("spaced", lambda v: " ".join(v).encode()),
+    ("dotted", lambda v: ".".join(v).encode()),
+    ("one per line", lambda v: "\n".join(v).encode()),
+]
+
+
+@pytest.mark.parametrize("form", [f[1] for f in FORMS], ids=[f[0] for f in FORMS])
+def test_every_encoded_form_of_the_real_value_becomes_the_placeholder_form(form):
+    pairs = scrub.replacements(policy(entry()).credentials)
+    body = b"echo: " + form(REAL) + b" end"
+    new, n = scrub.scrub(body, pairs)
+    assert n == 1 and new == b"echo: " + form(PH) + b" end"
+
+
+@pytest.mark.parametrize("form", [f[1] for f in FORMS], ids=[f[0] for f in FORMS])
+def test_encoded_forms_are_scrubbed_across_stream_chunks(form):
+    pairs = scrub.replacements(policy(entry()).credentials)
+    body = b"data: " + form(REAL) + b"\n\n"
+    for cut in (7, len(body) // 2, len(body) - 3):
+        s = scrub.ScrubStream(True, pairs)
+        out = s(body[:cut]) + s(body[cut:]) + s(b"")
+        assert b"".join(out) == b"data: " + form(PH) + b"\n\n", cut
 
 
 def test_scrub_stream_across_chunks_never_returns_empty_bytes():

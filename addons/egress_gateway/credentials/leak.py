@@ -1,9 +1,11 @@
 """The leak scanner: every form a credential value may travel in, and where a request carries one.
 
 Every placeholder and real value, in the request's headers (names and values), URL (host, raw
-and percent-decoded path and query) and body (raw and, for gzip/deflate/br/zstd, decoded with
-the one bounded decoder of `net.codecs`), literally, percent-encoded, base64-encoded at any
-alignment, any case, is a leak unless the request goes to a destination it is bound to.
+and percent-decoded path and query) and body (raw and, for gzip/deflate/br/zstd content or
+transfer codings, decoded with the one bounded decoder of `net.codecs`), literally,
+percent-encoded, base64-encoded at any alignment, hex-encoded, reversed, or spelled out with a
+separator between its characters (``a b c``, ``a-b-c``), any case, is a leak unless the request
+goes to a destination it is bound to. The forms are computed once per policy load.
 """
 
 from __future__ import annotations
@@ -35,11 +37,20 @@ def _b64_fragments(value: bytes) -> set[bytes]:
     return out
 
 
+#: Separators an agent may put between the characters of a value to spell it out.
+SPELL_SEPARATORS = (" ", "-", ".", "_", ",", "\n", "\t", ", ")
+
+
 def variants(value: str) -> set[bytes]:
-    """Forms in which `value` may travel: literal, percent-encoded, base64 (any alignment)."""
-    raw = value.encode()
-    out = {raw, quote(value, safe="").encode(), quote_plus(value, safe="").encode()}
-    out |= _b64_fragments(raw)
+    """Forms in which `value` may travel: literal, percent-encoded, base64 (any alignment), hex,
+    reversed (and its encodings), spelled out with a separator."""
+    out: set[bytes] = set()
+    for v in (value, value[::-1]):
+        raw = v.encode()
+        out |= {raw, quote(v, safe="").encode(), quote_plus(v, safe="").encode(), raw.hex().encode()}
+        out |= _b64_fragments(raw)
+    if len(value) >= 6:
+        out |= {sep.join(value).encode() for sep in SPELL_SEPARATORS}
     return {v for v in out if v}
 
 
@@ -110,7 +121,11 @@ def request_parts(request: http.Request):
         yield f"trailer {name.decode('latin-1')}", name + b": " + value
     body = request.raw_content
     if body:
-        enc = request.headers.get("content-encoding")
+        enc = request.headers.get("content-encoding") or ""
+        te = [c for c in request.headers.get("transfer-encoding", "").split(",")
+              if c.strip().lower() not in ("", "chunked", "identity")]
+        if te:  # "Transfer-Encoding: gzip, chunked": mitmproxy undoes only the chunking
+            enc = ", ".join([c for c in [enc] if c] + te)
         if enc and enc.strip().lower() != "identity":
             yield "the body", body
             # raises codecs.TooLarge or codecs.BadEncoding: the caller refuses

@@ -1,4 +1,10 @@
-"""Response scrubbing: a real credential value echoed by an upstream is replaced by its placeholder."""
+"""Response scrubbing: a real credential value echoed by an upstream is replaced by its placeholder.
+
+Each real value is scrubbed in the forms computed at load: literal, percent-encoded, base64
+(standard and URL-safe, padded or not), hex (either case), reversed, and spelled out with a
+separator (``leak.SPELL_SEPARATORS``); each becomes the same form of the placeholder. In bodies
+and streams alike (`ScrubStream` holds back a tail that could begin any of them).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,18 @@ from urllib.parse import quote
 
 from mitmproxy import http
 
+from egress_gateway.credentials.leak import SPELL_SEPARATORS
 from egress_gateway.credentials.settings import CredentialBinding
+
+
+def _forms(value: str) -> list[bytes]:
+    """The scrubbed forms of `value`, in a fixed order (so a placeholder's forms line up)."""
+    raw = value.encode()
+    b64, url = base64.b64encode(raw), base64.urlsafe_b64encode(raw)
+    out = [raw, quote(value, safe="").encode(), b64, b64.rstrip(b"="), url, url.rstrip(b"="),
+           raw.hex().encode(), raw.hex().upper().encode(), value[::-1].encode()]
+    out += [sep.join(value).encode() for sep in SPELL_SEPARATORS]
+    return out
 
 
 def replacements(bindings: list[CredentialBinding]) -> list[tuple[bytes, bytes]]:
@@ -15,10 +32,9 @@ def replacements(bindings: list[CredentialBinding]) -> list[tuple[bytes, bytes]]
     out: dict[bytes, bytes] = {}
     for b in bindings:
         value, ph = b.secret.reveal(), b.placeholder
-        out[value.encode()] = ph.encode()
-        out[quote(value, safe="").encode()] = quote(ph, safe="").encode()
-        if b.format == "basic":
-            out[base64.b64encode(value.encode())] = base64.b64encode(ph.encode())
+        for real, fake in zip(_forms(value), _forms(ph), strict=True):
+            if len(real) >= 6:
+                out.setdefault(real, fake)
     return sorted(out.items(), key=lambda kv: len(kv[0]), reverse=True)
 
 
