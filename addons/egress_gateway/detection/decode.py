@@ -36,7 +36,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-MIN_BASE64 = 16  # characters (12 bytes)
+MIN_BASE64 = 12  # characters (9 bytes: a US SSN is 15)
 MIN_HEX = 16  # digits (8 bytes)
 MAX_LEVELS = 2
 BUDGET_FACTOR = 2

@@ -131,6 +131,20 @@ class SSEParser:
         return ev if ev.lines else None
 
 
+def side_values(event: Event) -> list[str]:
+    """The text of an event's lines other than ``data``: comments (after the colon) and the
+    values of ``id``, ``event``, ``retry`` and unknown fields (which parsers ignore but which
+    reach whoever reads the raw stream)."""
+    out = []
+    for line in event.lines:
+        name, _, value = line.partition(b":")
+        if name == b"data":
+            continue
+        text = (value if line.startswith(b":") or value else name).decode("utf-8", "replace")
+        out.append(text[1:] if text.startswith(" ") else text)
+    return out
+
+
 def parse_all(data: bytes) -> list[Event]:
     """Every event of a whole (buffered) body, the unterminated tail included."""
     parser = SSEParser(max_line=len(data) + 1)

@@ -44,6 +44,7 @@ TEXT_APPLICATION_TYPES = {
     "application/csv", "application/x-www-form-urlencoded+text",
 }
 MAX_MULTIPART_DEPTH = 3
+_WORD = re.compile(r"[A-Za-z_-]{1,64}")  # event names such as content_block_delta: nothing to find
 
 
 class Unsupported(ValueError):
@@ -296,9 +297,13 @@ def plan_form(job: TextJob, data: bytes, charset: str | None, opts: Options) -> 
 # --- server-sent events (framed by net.sse, the one SSE parser) ---------------------------------
 def plan_sse_event(job: TextJob, event: Event, scope: Scope = EVERYTHING) -> Callable[[], bytes | None]:
     """Plan one event: its data payload is scanned (as JSON when it is JSON); finish() gives the
-    rewritten event or None. Other fields and the event's line ends are untouched."""
+    rewritten event or None. Comments and the other fields (``id``, ``event``, unknown ones) are
+    analysed and never rewritten: a finding there refuses. Line ends are kept."""
     payload = event.data if event.data_lines else None
     node = job.add_text(payload, scope) if payload else None
+    for text in sse.side_values(event):  # comments, id, event, unknown fields
+        if len(text) >= 3 and not _WORD.fullmatch(text):
+            job.add_signed(text, "(SSE comment or field other than data)")
 
     def finish() -> bytes | None:
         new = job.result(node) if node is not None else None
