@@ -7,15 +7,22 @@ bytes, or None when nothing changed (the caller then forwards the original bytes
 Content kinds (`content_kind`):
 
 ==============  ==============================================================================
-json            ``application/json``, ``*/*+json``, ``text/json``: every string value
-                (scoped by JSON paths); invalid JSON is scanned as plain text
+json            ``application/json``, ``*/*+json``, ``text/json``: every string value (scoped
+                by JSON paths) and key, read leniently, UTF-16/32 by BOM/NUL pattern; data
+                after the document and invalid JSON are scanned as plain text
 ndjson          ``application/x-ndjson``, ``application/jsonl`` ...: each line as JSON
-form            ``application/x-www-form-urlencoded``: values (keys untouched)
-multipart       ``multipart/*``: text and JSON parts; binary parts are "unsupported"
-sse             ``text/event-stream``: each event's ``data`` payload, framing kept
+form            ``application/x-www-form-urlencoded``: values; names analysed (signed)
+multipart       ``multipart/*``: text and JSON parts; binary parts are "unsupported"; part
+                headers, preamble and epilogue analysed (signed)
+sse             ``text/event-stream``: each event's ``data`` payload, framing kept; comments
+                and other fields analysed (signed)
 text            ``text/*``, XML, YAML, JavaScript, GraphQL; no Content-Type: sniffed
-binary          everything else: not scannable ("unsupported")
+binary          everything else: scanned as text when the bytes are UTF-8 text, else not
+                scannable ("unsupported")
 ==============  ==============================================================================
+
+Text is read with `charsets.read` (other plausible readings of a mislabelled body are analysed
+as signed texts; compressed magic bytes and mostly-control-character readings are binary).
 """
 
 from __future__ import annotations
