@@ -201,12 +201,12 @@ class Gateway:
         return lines if everything else [x for x in lines if x.get("kind") != "gateway"]
 
     def stop(self) -> None:
-        """SIGTERM (the gateway drains for gateway_shutdown_grace); after 3 s a second SIGTERM
+        """SIGTERM (the gateway drains for gateway_shutdown_grace); after 5 s a second SIGTERM
         (it stops at once, still recording and auditing everything); SIGKILL as a last resort."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(3)
+                self.proc.wait(5)  # an idle gateway exits in ~3 s (Presidio, spaCy, threads)
             except subprocess.TimeoutExpired:
                 self.proc.terminate()
                 try:

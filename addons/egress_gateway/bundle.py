@@ -189,8 +189,8 @@ def make_addons() -> list:
     # Shutdown first: its done drains every flow before any other addon's done stops the scan
     # pool, the recorder or the audit log; its tracker after the recorder (a flow is finished
     # once recorded and audited).
-    shutdown = Shutdown(core, approvals, redactor, recorder)
+    postgres = Postgres(core, recorder)
+    shutdown = Shutdown(core, approvals, redactor, recorder, postgres)
     return [shutdown, core, Session(core.connections, SessionIdCheck(core)), CredentialGuard(core), egress,
             UpgradeGuard(core), HeaderScanner(core, redactor), redactor, fleet, approvals,
-            CredentialInjector(core), Postgres(core, recorder), recorder, shutdown.finished,
-            core.closer]
+            CredentialInjector(core), postgres, recorder, shutdown.finished, core.closer]

@@ -91,8 +91,9 @@ class Shutdown:
 
     name = "egress_gateway_shutdown"
 
-    def __init__(self, core, approvals, redactor, recorder) -> None:
+    def __init__(self, core, approvals, redactor, recorder, postgres=None) -> None:
         self.core = core
+        self.postgres = postgres  # its open connections and held statements
         self.approvals = approvals  # ends the holds (one place: approvals.end_holds)
         self.redactor = redactor  # abandons the scans in flight (redactor.abandon_scans)
         self.recorder = recorder  # records what mitmproxy never reported
@@ -176,10 +177,20 @@ class Shutdown:
     def _pending(self) -> list:
         return list(self.live.values())
 
+    def _pg_layers(self) -> list:
+        """The PostgreSQL connections still open."""
+        layers = getattr(self.postgres, "layers", None) or ()
+        return [la for la in list(layers) if not la.closed]
+
+    def _pg_busy(self) -> bool:
+        held = getattr(getattr(self.postgres, "holds", None), "held", None)
+        return bool(held) or any(la.busy for la in self._pg_layers())
+
     async def _wait(self, seconds: float) -> None:
         """Until no flow is pending, `seconds` pass, or a second signal."""
         deadline = time.monotonic() + seconds
-        while self._pending() and time.monotonic() < deadline and not self._hurried():
+        while (self._pending() or self._pg_busy()) and time.monotonic() < deadline \
+                and not self._hurried():
             await asyncio.sleep(0.02)
 
     def _hurried(self) -> bool:
@@ -199,9 +210,10 @@ class Shutdown:
         self.redactor.abandon_scans()
         for flow in left:
             self._answer(flow)
+        self._end_postgres()
         extra = HURRIED if self._hurried() else CLOSE_AFTER
         deadline = time.monotonic() + extra
-        while self._pending() and time.monotonic() < deadline:
+        while (self._pending() or self._pg_layers()) and time.monotonic() < deadline:
             for flow in self._pending():
                 stream = flow.response.stream if isinstance(flow, http.HTTPFlow) \
                     and flow.response is not None else None
@@ -214,6 +226,26 @@ class Shutdown:
         for flow in self._pending():  # mitmproxy reported nothing: record it ourselves
             await self._record(flow)
         self._close_idle()
+        ps = ctx.master.addons.get("proxyserver")
+        deadline = time.monotonic() + 1.0
+        while ps is not None and ps.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # let the closed connections unwind (no CancelledError)
+
+    def _end_postgres(self) -> None:
+        """Deny held statements; end each PostgreSQL connection (its layer audits what is open,
+        then sends FATAL 57P01 gateway stopping)."""
+        if self.postgres is None:
+            return
+        from egress_gateway.postgres.layer import GatewayStopping
+
+        self.postgres.holds.end_all("shutdown")
+        ps = ctx.master.addons.get("proxyserver")
+        for la in self._pg_layers():
+            handler = ps.connections.get(la.client.id) if ps is not None else None
+            if handler is None:
+                continue
+            self.counts["postgres_connections_ended"] += 1
+            asyncio.get_running_loop().create_task(handler.server_event(GatewayStopping()))
 
     def _answer(self, flow) -> None:
         """The documented end of a flow still open when the grace is over."""
@@ -298,13 +330,16 @@ class Shutdown:
                "why": self.stopping, "grace": self.grace, "seconds": took,
                "in_flight": c["in_flight"], "drained": c["drained"], "refused": c["refused"],
                "streams_ended": c["streams_ended"],
-               "connections_closed": c["connections_closed"], "recorded": c["recorded"],
+               "connections_closed": c["connections_closed"],
+               "postgres_connections_ended": c["postgres_connections_ended"],
+               "recorded": c["recorded"],
                "unrecorded": len(self.live)}
         if self.core.audit is not None:
             self.core.audit.write(rec)
         log.warning(f"egress gateway stopped in {took:g} s: {c['in_flight']} flows in flight, "
                     f"{c['drained']} drained, {c['refused']} refused, {c['streams_ended']} streams "
-                    f"ended, {c['connections_closed']} connections closed, {c['recorded']} "
+                    f"ended, {c['connections_closed']} connections closed, "
+                    f"{c['postgres_connections_ended']} PostgreSQL connections ended, {c['recorded']} "
                     f"recorded, {len(self.live)} unrecorded")
 
     # --- hooks -------------------------------------------------------------------------------

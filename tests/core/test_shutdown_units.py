@@ -99,3 +99,22 @@ def test_abandon_scans_ends_a_scan_in_flight_and_refuses_later_ones():
     flow = tflow.tflow()
     red._fail(flow, "request", ScansAbandoned())
     assert flow.response.status_code == 503 and peek(flow).reason == "gateway stopping"
+
+
+def test_postgres_holds_end_all_denies_held_statements_by_shutdown():
+    from types import SimpleNamespace
+
+    from egress_gateway.postgres.holds import Holds
+
+    holds = Holds(attended=True)
+    flow = SimpleNamespace(error=None, intercepted=True)
+    rule = SimpleNamespace(timeout=30, on_timeout="allow")
+
+    async def go():
+        waiting = asyncio.ensure_future(holds._wait(flow, rule, time.monotonic()))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        holds.end_all("shutdown")
+        return await asyncio.wait_for(waiting, 1)
+
+    assert asyncio.new_event_loop().run_until_complete(go()) == (False, "shutdown")

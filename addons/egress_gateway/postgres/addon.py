@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 from mitmproxy import ctx, exceptions
@@ -56,6 +57,7 @@ class Postgres:
         self._added: list[str] = []
         core.add_compiler("postgres", lambda policy: PostgresRuntime(policy, self.engine_factory))
         self.holds = Holds()
+        self.layers: weakref.WeakSet = weakref.WeakSet()  # open connections (PostgresLayer)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def configure(self, updated: set[str]) -> None:

@@ -33,6 +33,12 @@ class Holds:
     def __init__(self, attended: bool | None = None) -> None:
         self.attended = attended
         self.held: dict[str, tcp.TCPFlow] = {}
+        self.ended_by: str | None = None  # set by end_all(): every hold ends denied
+
+    def end_all(self, by: str) -> int:
+        """Deny every held statement now (the gateway stops); returns how many."""
+        self.ended_by = by
+        return len(self.held)
 
     async def decide(self, rule, check, st) -> tuple[bool, str, float]:
         """(approved, decided by, seconds waited)."""
@@ -82,6 +88,8 @@ class Holds:
     async def _wait(self, flow, rule, started: float) -> tuple[bool, str]:
         deadline = started + rule.timeout
         while True:
+            if self.ended_by is not None:
+                return False, self.ended_by
             if flow.error is not None:  # killed in mitmweb (a kill does not wake the flow)
                 return False, "a reviewer denied it (reviewer:mitmweb)"
             if not flow.intercepted:

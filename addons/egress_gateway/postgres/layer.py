@@ -40,6 +40,12 @@ STARTUP_ALLOWED = frozenset({
     "IntervalStyle", "search_path", "datestyle", "timezone", "intervalstyle",
 })
 STARTUP_REFUSED = frozenset({"replication", "options"})
+STOPPING = Refusal("57P01", "gateway_unavailable", "gateway stopping", True)
+
+
+class GatewayStopping(events.Event):
+    """Sent by the shutdown addon when the grace is over: audit what is open, then end the
+    connection as PostgreSQL itself does when it shuts down (FATAL 57P01)."""
 
 
 
@@ -81,6 +87,14 @@ class PostgresLayer(Results, Statements, layer.Layer):
         self.login_record: dict = {}
         self.server_open = False
         self.closed = False
+        layers = getattr(peers, "layers", None)
+        if layers is not None:
+            layers.add(self)  # the shutdown drain waits for, then ends, the open connections
+
+    @property
+    def busy(self) -> bool:
+        """A statement is in flight (sent, its answer not complete)."""
+        return not self.closed and bool(self.tracker.pending)
 
     # --- plumbing -----------------------------------------------------------------------------
     def _to_client(self, data: bytes):
@@ -128,6 +142,12 @@ class PostgresLayer(Results, Statements, layer.Layer):
             return
         try:
             if isinstance(event, events.Start):
+                return
+            if isinstance(event, GatewayStopping):
+                while self.tracker.pending:  # in flight: audited, then the connection ends
+                    yield from self._finish(self.tracker.error("57P01", "gateway_unavailable"),
+                                            reason=STOPPING.reason, shutdown="closed")
+                yield from self._fatal(STOPPING)
                 return
             if isinstance(event, events.ConnectionClosed):
                 yield from self._close()
