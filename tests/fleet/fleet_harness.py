@@ -27,11 +27,13 @@ RULES = [
      "path": "/pay/*", "timeout": 30},
 ]
 NAMES = ("gw-a", "gw-b", "gw-c")
+HOOK_HOST = "hooks.test.example"  # the review webhook: pinned to loopback, not on the allowlist
+HOOK_PATH = "/services/T0/B0/hook-secret-token"
 
 
 class Fleet:
-    def __init__(self, server, upstream, gateways, url, webhook=None):
-        self.server, self.upstream, self.url = server, upstream, url
+    def __init__(self, server, upstream, gateways, url, hook):
+        self.server, self.upstream, self.url, self.hook = server, upstream, url, hook
         self.gw = dict(zip(NAMES, gateways, strict=True))
         self.pool = concurrent.futures.ThreadPoolExecutor(8)
 
@@ -101,9 +103,13 @@ def fleet(pg_server, tmp_path_factory, confdir):
              f"CREATE ROLE {REVIEWER} LOGIN PASSWORD '{REVIEWER_PW}'", db="postgres")
     srv.psql(f"CREATE DATABASE gwstate OWNER {STORE_ROLE}", db="postgres")
     up = Upstream("fleet")
+    hook = Upstream("hook")
     work = tmp_path_factory.mktemp("fleet")
     # the store's port is (wrongly) allowed: the gateway must refuse it anyway
-    policy = policy_yaml([{"cidr": "127.0.0.1/32", "ports": [up.port, srv.port]}], approve=RULES)
+    policy = policy_yaml([{"cidr": "127.0.0.1/32", "ports": [up.port, srv.port]}],
+                         resolve={HOOK_HOST: "127.0.0.1"}, approve=RULES,
+                         review={"webhook_env": "GW_REVIEW_HOOK"})
+    hook_url = f"http://{HOOK_HOST}:{hook.port}{HOOK_PATH}"
     url = f"postgresql://{STORE_ROLE}@127.0.0.1:{srv.port}/gwstate"
     gws = []
     try:
@@ -111,7 +117,7 @@ def fleet(pg_server, tmp_path_factory, confdir):
             d = work / name
             d.mkdir()
             gws.append(Gateway(d, policy, confdir=confdir, wait=False,
-                               env={"PGPASSWORD": STORE_PW},
+                               env={"PGPASSWORD": STORE_PW, "GW_REVIEW_HOOK": hook_url},
                                extra_args=["--set", f"gateway_state={url}",
                                            "--set", f"gateway_instance={name}",
                                            "--set", f"gateway_recordings={d / 'recordings'}"]))
@@ -121,8 +127,9 @@ def fleet(pg_server, tmp_path_factory, confdir):
             gw.wait_for("connected (instance", 30)
         srv.psql(f"GRANT SELECT, UPDATE ON gateway_holds TO {REVIEWER};"
                  f"GRANT SELECT ON gateway_instances TO {REVIEWER}", db="gwstate")
-        yield Fleet(srv, up, gws, url)
+        yield Fleet(srv, up, gws, url, hook)
     finally:
         for gw in gws:
             gw.stop()
         up.close()
+        hook.close()

@@ -14,7 +14,7 @@ import time
 import httpx
 from egress_gateway.fleet.queue import ReviewQueue
 from egress_gateway.fleet.settings import parse_state_url
-from fleet_harness import CARD, NAMES, REVIEWER, REVIEWER_PW, audit_for, reached
+from fleet_harness import CARD, HOOK_HOST, HOOK_PATH, NAMES, REVIEWER, REVIEWER_PW, audit_for, reached
 
 
 def _denied(r: httpx.Response, rule: str) -> dict:
@@ -106,6 +106,33 @@ def test_queue_rows_carry_no_values(fleet):
         assert value not in dump
     assert fleet.cli("deny", row["id"], "--state", fleet.state_url()).returncode == 0
     _denied(fut.result(10)[0], "card-data")
+
+
+def test_webhook_reaches_the_receiver_without_values(fleet):
+    fut = fleet.send("gw-b", "POST", "/pay/hooked", json={"card": CARD, "name": "Jane Roe"},
+                     session="s-hook")
+    row = fleet.wait_held("/pay/hooked", "gw-b")
+    deadline = time.monotonic() + 5
+    while not [h for h in fleet.hook.requests if row["id"] in h["body"]]:
+        assert time.monotonic() < deadline, f"no webhook for {row['id']}: {fleet.hook.requests}"
+        time.sleep(0.05)
+    hit = next(h for h in fleet.hook.requests if row["id"] in h["body"])
+    assert hit["method"] == "POST" and hit["path"] == HOOK_PATH
+    assert hit["headers"]["host"] == f"{HOOK_HOST}:{fleet.hook.port}"
+    text = json.loads(hit["body"])["text"]  # Slack's incoming-webhook format
+    assert "on gw-b" in text and "Rule card-data: card data leaving" in text
+    assert "CREDIT_CARD x1" in text and "s-hook" in text
+    assert f"approvals approve {row['id']}" in text and "--state postgresql://127.0.0.1:" in text
+    for value in (CARD, CARD.replace(" ", ""), "Jane Roe", "/pay/hooked"):
+        assert value not in hit["body"]
+    assert fleet.cli("deny", row["id"], "--state", fleet.state_url()).returncode == 0
+    _denied(fut.result(10)[0], "card-data")
+    # agents cannot post to the webhook service: it is not on the allowlist
+    before = len(fleet.hook.requests)
+    r = httpx.post(f"http://{HOOK_HOST}:{fleet.hook.port}{HOOK_PATH}", json={"text": "x"},
+                   proxy=fleet.gw["gw-a"].proxy, timeout=20)
+    assert r.status_code == 403 and r.headers["x-egress-gateway"] == "blocked", r.text
+    assert len(fleet.hook.requests) == before
 
 
 def test_approve_always_applies_to_that_session_and_rule_on_the_holding_instance(fleet):

@@ -25,6 +25,7 @@ from mitmproxy import command, ctx, exceptions, hooks, http
 from egress_gateway import session
 from egress_gateway.approvals import webguard
 from egress_gateway.approvals.holds import Always, Hold, detected_text, revive, snapshot
+from egress_gateway.approvals.notify import Notifier, message
 from egress_gateway.approvals.settings import ApproveRule
 from egress_gateway.fleet.store import StoreDown
 from egress_gateway.flowstate import refuse, settled, state
@@ -49,6 +50,7 @@ class Approvals:
         self.redactor = redactor  # scans an edited request again (None: no redaction)
         self.attended = attended  # None: a reviewer exists when running under mitmweb
         self.held: dict[str, Hold] = {}
+        self.notifier = Notifier(egress)
         self.always = Always()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -173,6 +175,8 @@ class Approvals:
                 await store.add(hold.summary())
             except StoreDown:
                 hold.decide("deny", "store unreachable")
+        if hold.decision is None:
+            self._notify(hold)
         log.warning(f"egress gateway: holding {flow.request.method} {flow.request.pretty_host}"
                     f"{flow.request.path.split('?', 1)[0]} for approval (rule {rule.name}, flow {flow.id})")
         try:
@@ -219,6 +223,22 @@ class Approvals:
         for hold in list(self.held.values()):
             if hold.flow.client_conn.id == client.id:
                 hold.decide("deny", "client disconnected")
+
+    def _notify(self, hold: Hold) -> None:
+        try:
+            summary = hold.summary()
+            if self._queued():
+                st = self.fleet.state
+                command = (f"./run_gateway.sh approvals approve {summary['id']} (or deny) "
+                           f"--state postgresql://{st.host}:{st.port}/{st.dbname}")
+                instance = self.fleet.instance
+            else:
+                command = f"./run_gateway.sh approvals approve {summary['id']} (or deny)"
+                instance = None
+            self.notifier.notify(getattr(self.core.policy, "review", None),
+                                 message(summary, instance, command))
+        except Exception:
+            log.exception("egress gateway: could not send the review webhook")
 
     def _store_decision(self, flow_id: str, verdict: str, by: str, always: bool) -> bool:
         """A reviewer decided in the fleet's queue; False: not held here (any more)."""

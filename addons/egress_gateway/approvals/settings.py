@@ -173,3 +173,52 @@ class ApproveRule(_Model):
 
 
 ApproveRules = validators.named_list(ApproveRule, "approval rule")
+
+
+class ReviewSettings(_Model):
+    """How reviewers hear about holds: a Slack-compatible incoming webhook (no values in it)."""
+
+    webhook: str | None = Field(
+        None, description="Incoming-webhook URL (http or https) that gets one JSON message per "
+        "new hold. The URL is a secret: prefer webhook_env. Dialled under the egress SSRF and "
+        "resolve rules; needs no egress.allow entry.")
+    webhook_env: str | None = Field(
+        None, description="Name of the environment variable holding the webhook URL.")
+
+    @field_validator("webhook")
+    @classmethod
+    def _check_webhook(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_webhook(v)
+        return v
+
+    @field_validator("webhook_env")
+    @classmethod
+    def _check_env(cls, v: str | None) -> str | None:
+        if v is not None and not v.replace("_", "").isalnum():
+            raise ValueError("an environment variable name (letters, digits, '_')")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> ReviewSettings:
+        if self.webhook and self.webhook_env:
+            raise ValueError("give webhook or webhook_env, not both")
+        return self
+
+
+def parse_webhook(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path-with-query) of a webhook URL; the URL itself is never echoed."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise ValueError("no user or password in the URL")
+    host = hosts.normalize_host(parts.hostname)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, host, port or (443 if parts.scheme == "https" else 80), path

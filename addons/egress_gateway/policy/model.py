@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from egress_gateway.approvals.settings import ApproveRules
+from egress_gateway.approvals.settings import ApproveRules, ReviewSettings
 from egress_gateway.credentials.settings import Credentials
 from egress_gateway.detection.settings import DetectionSettings
 from egress_gateway.egress.settings import EgressSettings
@@ -62,6 +62,10 @@ class Policy(_Model):
     approve: ApproveRules = Field(
         default_factory=list,
         description="Requests a human must approve before they leave (first matching rule holds).",
+    )
+    review: ReviewSettings = Field(
+        default_factory=ReviewSettings,
+        description="How reviewers hear about held requests (a webhook per new hold).",
     )
     detection: DetectionSettings = Field(
         default_factory=DetectionSettings,
