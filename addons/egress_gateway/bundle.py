@@ -102,8 +102,10 @@ HOOKS: dict[str, dict[str, str]] = {
     },
     "Fleet": {
         "load": "declares gateway_state, gateway_instance",
-        "configure": "parses the store's URL (no password in it) and the instance id",
-        "running": "connects to the store: tables, heartbeat, decisions (LISTEN/NOTIFY + polling)",
+        "configure": "parses the store's URL (no password in it) and the instance id; puts the "
+                     "instance id in every audit line",
+        "running": "connects to the store: tables, heartbeat, decisions (LISTEN/NOTIFY + polling), "
+                   "the audit chain's head every 5 s",
         "server_connect": "refuses dials to the store's address",
         "done": "ends this instance's open hold rows (shutdown); closes the connections",
     },
@@ -175,7 +177,7 @@ def make_addons() -> list:
     # edited request is re-scanned by it) and before credentials are injected (the reviewer
     # sees placeholders).
     # The fleet's store (gateway_state) is the review queue of every instance.
-    fleet = Fleet()
+    fleet = Fleet(core)
     approvals = Approvals(core, egress, redactor, fleet=fleet)
     # Session first (refusals carry it). Credentials: the guard before egress (its hooks are
     # synchronous: leaks are refused and real values scrubbed before any hook awaits and mitmweb

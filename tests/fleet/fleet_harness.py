@@ -52,6 +52,11 @@ class Fleet:
         return subprocess.run([str(RUN), "approvals", *args], capture_output=True, text=True,
                               timeout=60, env=env)
 
+    def cli_any(self, *args: str, pw: str = REVIEWER_PW):
+        """Another run_gateway.sh command (verify, audit) with the reviewer's password."""
+        return subprocess.run([str(RUN), *args], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PGPASSWORD": pw})
+
     def state_url(self, role: str = REVIEWER) -> str:
         return f"postgresql://{role}@127.0.0.1:{self.server.port}/gwstate"
 
@@ -116,17 +121,19 @@ def fleet(pg_server, tmp_path_factory, confdir):
         for name in NAMES:
             d = work / name
             d.mkdir()
-            gws.append(Gateway(d, policy, confdir=confdir, wait=False,
+            gws.append(Gateway(d, policy, confdir=confdir, wait=False, audit_log=False,
                                env={"PGPASSWORD": STORE_PW, "GW_REVIEW_HOOK": hook_url},
                                extra_args=["--set", f"gateway_state={url}",
                                            "--set", f"gateway_instance={name}",
                                            "--set", f"gateway_recordings={d / 'recordings'}"]))
-        for gw in gws:
+        for gw in gws:  # the audit log in the recordings directory, where verify DIR finds it
+            gw.audit_path = gw.workdir / "recordings" / "audit.jsonl"
             gw.wait_for("gateway ready", 180)
         for gw in gws:
             gw.wait_for("connected (instance", 30)
         srv.psql(f"GRANT SELECT, UPDATE ON gateway_holds TO {REVIEWER};"
-                 f"GRANT SELECT ON gateway_instances TO {REVIEWER}", db="gwstate")
+                 f"GRANT SELECT ON gateway_instances, gateway_audit_heads TO {REVIEWER}",
+                 db="gwstate")
         yield Fleet(srv, up, gws, url, hook)
     finally:
         for gw in gws:

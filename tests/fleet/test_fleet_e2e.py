@@ -32,7 +32,9 @@ def test_three_instances_beat_into_one_store(fleet):
     age = float(fleet.sql("SELECT max(extract(epoch FROM now() - seen)) FROM gateway_instances "
                           "WHERE id IN ('gw-a', 'gw-b', 'gw-c')"))
     assert age < 3, age
-    assert fleet.sql("SELECT max(version) FROM gateway_schema") == "1"
+    from egress_gateway.fleet.schema import LATEST
+
+    assert fleet.sql("SELECT max(version) FROM gateway_schema") == str(LATEST)
 
 
 def test_hold_on_b_approved_from_the_cli(fleet):
@@ -235,3 +237,60 @@ def test_kill_9_of_a_holding_instance_ends_its_hold_denied(fleet):
         pass  # the client's connection died with the instance
     q_err = fleet.cli("approve", row["id"], "--state", fleet.state_url())
     assert q_err.returncode == 1 and "denied (instance lost)" in q_err.stderr
+
+
+def test_zz_verify_and_audit_over_the_three_instances(fleet, tmp_path):
+    for name in ("gw-a", "gw-b"):
+        fleet.gw[name].stop()  # a stop checkpoints the chain's head to the store
+    dirs = [str(fleet.gw[n].workdir / "recordings") for n in NAMES]
+    heads = json.loads(fleet.sql("SELECT json_object_agg(instance, seq) FROM gateway_audit_heads"))
+    assert set(heads) == set(NAMES) and all(v > 0 for v in heads.values())
+    res = fleet.cli_any("verify", *dirs, "--state", fleet.state_url())
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in NAMES:
+        assert f"OK: instance {name}:" in res.stdout
+    for name in NAMES:  # the instance id is in every line of its chain
+        lines = fleet.gw[name].audit()
+        assert lines and all(line.get("instance") == name for line in lines)
+    rep = fleet.cli_any("audit", *dirs, "--json", str(tmp_path / "r.json"))
+    assert rep.returncode == 0, rep.stderr
+    assert "session s-always: instances gw-b" in rep.stdout
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["integrity"]["ok"] and len(doc["instances"]) == 3
+    s1 = next(s for s in doc["sessions"] if s["session"] == "s-1")
+    assert set(s1["instances"]) == {"gw-a", "gw-b", "gw-c"}  # one session across instances
+    # cut gw-b's last line and fix its local checkpoint: only the store's head still shows it
+    log = fleet.gw["gw-b"].audit_path
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-1]))
+    prev = json.loads(lines[-2])
+    (log.parent / "audit.jsonl.checkpoint").write_text(json.dumps(
+        {"log": "audit.jsonl", "seq": prev["seq"], "hash": prev["hash"], "alg": "sha256",
+         "time": "2026-01-01T00:00:00Z"}) + "\n")
+    alone = fleet.cli_any("verify", dirs[1])
+    assert alone.returncode == 0, alone.stderr  # the cut is invisible without the store
+    cut = fleet.cli_any("verify", *dirs, "--state", fleet.state_url())
+    assert cut.returncode == 1 and "instance gw-b" in cut.stderr and "lines were cut" in cut.stderr
+
+
+def test_store_cost_per_hold(fleet):
+    """What a hold adds with a store: its row written (INSERT + NOTIFY) and ended (UPDATE), over
+    loopback; printed, not asserted (a loaded machine)."""
+    import psycopg
+
+    with psycopg.connect(host=str(fleet.server.dir), port=fleet.server.port, user="postgres",
+                         dbname="gwstate", autocommit=True) as conn:
+        times = []
+        for i in range(50):
+            t0 = time.perf_counter()
+            conn.execute("INSERT INTO gateway_holds (id, instance, rule, reason, deadline, "
+                         "on_timeout) VALUES (%s, 'bench', 'r', 'x', now(), 'deny')", (f"bench-{i}",))
+            conn.execute("SELECT pg_notify('gateway_holds', %s)", (f"bench-{i}",))
+            conn.execute("UPDATE gateway_holds SET state = 'ended', outcome = 'denied', "
+                         "ended_at = now() WHERE id = %s", (f"bench-{i}",))
+            times.append(time.perf_counter() - t0)
+        conn.execute("DELETE FROM gateway_holds WHERE instance = 'bench'")
+    times.sort()
+    print(f"\nstore work per hold (insert+notify+end, 50 runs, loaded machine): median "
+          f"{times[25] * 1000:.1f} ms, p90 {times[45] * 1000:.1f} ms")
+    assert len(times) == 50

@@ -22,7 +22,8 @@ class Fleet:
 
     name = "egress_gateway_fleet"
 
-    def __init__(self) -> None:
+    def __init__(self, core=None) -> None:
+        self.core = core  # its audit log: the instance id in every line, the head to the store
         self.state: settings.StateUrl | None = None
         self.instance = ""
         self.store: Store | None = None
@@ -55,6 +56,9 @@ class Fleet:
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from None
         self._addresses = settings.store_addresses(self.state) if self.state else set()
+        audit = getattr(self.core, "audit", None)
+        if audit is not None and (self.state is not None or ctx.options.gateway_instance.strip()):
+            audit.instance = self.instance
 
     def running(self) -> None:
         if self.state is None or self.store is not None:
@@ -63,9 +67,17 @@ class Fleet:
         self.store = Store(self.state, self.instance, listen)
         self.store.on_down = lambda reason: self.on_down and self.on_down(reason)
         self.store.on_decision = lambda *a: bool(self.on_decision and self.on_decision(*a))
+        self.store.audit_head = self._audit_head
         self.store.start()
         log.info(f"egress gateway: instance {self.instance} uses the review store "
                  f"{self.state.display}")
+
+    def _audit_head(self) -> tuple[str, int, str, str] | None:
+        audit = getattr(self.core, "audit", None)
+        if audit is None:
+            return None
+        seq, head, alg = audit.state()
+        return str(audit.path), seq, head, alg
 
     async def done(self) -> None:
         if self.store is not None:

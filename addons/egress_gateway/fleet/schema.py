@@ -39,7 +39,18 @@ CREATE TABLE gateway_holds (
 );
 CREATE INDEX gateway_holds_open ON gateway_holds (instance) WHERE state <> 'ended';
 """),
+    (2, """
+CREATE TABLE gateway_audit_heads (   -- each instance's audit chain head, checkpointed
+    instance text PRIMARY KEY,
+    log text NOT NULL,
+    seq bigint NOT NULL,
+    hash text NOT NULL,
+    alg text NOT NULL,
+    updated timestamptz NOT NULL DEFAULT now()
+);
+"""),
 ]
+HEAD_SECONDS = 5.0  # how often an instance checkpoints its audit chain's head to the store
 LATEST = MIGRATIONS[-1][0]
 
 # channels: a decision for an instance (payload: instance id); a new hold (payload: flow id)

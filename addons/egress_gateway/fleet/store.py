@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 
 import psycopg
 
@@ -51,6 +52,9 @@ class Store:
         self.up = False
         self.on_down = None  # callable(reason): the store became unreachable
         self.on_decision = None  # callable(flow_id, verdict, decided_by, always) -> bool (held here)
+        self.audit_head = None  # callable() -> (log, seq, hash, alg) | None
+        self._head_sent: tuple | None = None
+        self._head_at = 0.0
         self._cmd: psycopg.AsyncConnection | None = None
         self._listen: psycopg.AsyncConnection | None = None
         self._lock = asyncio.Lock()
@@ -74,6 +78,7 @@ class Store:
         if self.up and self._cmd is not None:
             try:
                 async with self._lock:
+                    await self._checkpoint_head(force=True)
                     await self._cmd.execute(
                         "UPDATE gateway_holds SET state = 'ended', outcome = 'denied', "
                         "ended_at = now(), decided_by = coalesce(decided_by, 'shutdown') "
@@ -153,10 +158,27 @@ class Store:
                 "SELECT id, verdict, decided_by, always FROM gateway_holds "
                 "WHERE instance = %s AND state = 'decided'", (self.instance,))
             rows = await cur.fetchall()
+            await self._checkpoint_head()
         for fid, verdict, by, always in rows:
             held = self.on_decision is not None and self.on_decision(fid, verdict, by, always)
             if not held:  # decided after it ended here (e.g. the client went away)
                 await self.end(fid, "ended", None)
+
+    async def _checkpoint_head(self, force: bool = False) -> None:
+        """The audit chain's head, every HEAD_SECONDS when it moved (the lock is held)."""
+        now = time.monotonic()
+        if self.audit_head is None or (not force and now - self._head_at < schema.HEAD_SECONDS):
+            return
+        head = self.audit_head()
+        self._head_at = now
+        if head is None or head == self._head_sent:
+            return
+        await self._cmd.execute(
+            "INSERT INTO gateway_audit_heads (instance, log, seq, hash, alg) VALUES "
+            "(%s, %s, %s, %s, %s) ON CONFLICT (instance) DO UPDATE SET log = EXCLUDED.log, "
+            "seq = EXCLUDED.seq, hash = EXCLUDED.hash, alg = EXCLUDED.alg, updated = now()",
+            (self.instance, *head))
+        self._head_sent = head
 
     # --- holds --------------------------------------------------------------------------------
     async def add(self, summary: dict) -> None:

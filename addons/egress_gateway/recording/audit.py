@@ -130,6 +130,7 @@ class AuditLog:
             self._fh.write(b"\n")
             self._fh.flush()
         self._checkpointed: tuple[int, str] | None = None
+        self.instance: str | None = None  # a fleet's instance id, put in every line
 
     @property
     def alg(self) -> str:
@@ -142,6 +143,8 @@ class AuditLog:
     def write(self, record: dict) -> str:
         """Seal and append `record`; returns its hash. Raises OSError if it cannot be written."""
         with self._lock:
+            if self.instance and "instance" not in record:
+                record = {**record, "instance": self.instance}
             line, h = seal(record, self.seq + 1, self.head, self.key)
             self._fh.write(line.encode() + b"\n")
             self._fh.flush()
@@ -149,6 +152,11 @@ class AuditLog:
                 os.fsync(self._fh.fileno())
             self.seq, self.head = self.seq + 1, h
             return h
+
+    def state(self) -> tuple[int, str, str]:
+        """(seq, head hash, algorithm) of the chain now."""
+        with self._lock:
+            return self.seq, self.head, self.alg
 
     def sync(self) -> None:
         """Force what was written so far to disk (the batched fsync when `fsync` is off)."""
