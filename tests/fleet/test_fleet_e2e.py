@@ -239,7 +239,7 @@ def test_kill_9_of_a_holding_instance_ends_its_hold_denied(fleet):
     assert q_err.returncode == 1 and "denied (instance lost)" in q_err.stderr
 
 
-def test_zz_verify_and_audit_over_the_three_instances(fleet, tmp_path):
+def test_verify_and_audit_over_the_three_instances(fleet, tmp_path):
     for name in ("gw-a", "gw-b"):
         fleet.gw[name].stop()  # a stop checkpoints the chain's head to the store
     dirs = [str(fleet.gw[n].workdir / "recordings") for n in NAMES]
