@@ -125,6 +125,26 @@ def pii_sentence(rng: random.Random) -> str:
     return f"{first}'s SSN on file is 536-{rng.randrange(10, 99)}-{rng.randrange(1000, 9999)}."
 
 
+_WORDS = sorted({w.strip(".,?").lower() for line in FILLER for w in line.split()})
+
+
+def fresh_sentence(rng: random.Random) -> str:
+    """About 100 characters of prose no earlier request carried (no cache can answer it)."""
+    words: list[str] = []
+    while sum(len(w) + 1 for w in words) < 88:
+        words.append(rng.choice(_WORDS))
+    words.append(f"#{rng.randrange(10**6, 10**7)}")
+    return " ".join(words).capitalize() + "."
+
+
+def fresh_small_bodies(n: int, seed: int) -> list[bytes]:
+    """`n` small Messages API requests, each with one fresh ~100-character user sentence."""
+    rng = random.Random(seed)
+    return [json.dumps({"model": "claude-sonnet-4-5-20250929",
+                        "messages": [{"role": "user", "content": fresh_sentence(rng)}]}).encode()
+            for _ in range(n)]
+
+
 def chat_text(size: int, seed: int = 7) -> str:
     """Prose of about `size` bytes, one PII sentence in three."""
     rng = random.Random(seed)
@@ -286,21 +306,98 @@ def timed_posts(client, url: str, bodies: list[bytes]) -> list[float]:
     return out
 
 
-def throughput(procs, url, n, rounds) -> dict:
+def cpu_seconds(proc: Proc) -> float:
+    """User + system CPU of a proxy process and its children so far (s)."""
+    pids = [proc.proc.pid]
+    try:
+        out = subprocess.run(["pgrep", "-P", str(proc.proc.pid)], capture_output=True,
+                             text=True).stdout.split()
+        pids += [int(p) for p in out]
+    except OSError:
+        pass
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(procs, url, n, rounds, fresh: bool = True) -> dict:
+    """Sequential small requests: req/s and CPU ms per request of each proxy (medians of
+    rounds). `fresh`: every request carries a sentence never sent before (the findings cache
+    cannot answer); otherwise one small body repeated (the cache answers it)."""
     import httpx
 
-    body = json.dumps({"model": "claude-sonnet-4-5-20250929",
-                       "messages": [{"role": "user", "content": "ping"}]}).encode()
+    repeated = json.dumps({"model": "claude-sonnet-4-5-20250929",
+                           "messages": [{"role": "user", "content": "ping"}]}).encode()
     rates: dict[str, list[float]] = {name: [] for name in procs}
+    cpu: dict[str, list[float]] = {name: [] for name in procs}
     clients = {name: httpx.Client(proxy=p.proxy, timeout=60) for name, p in procs.items()}
-    for _ in range(rounds):
-        for name in procs:  # alternate A/B/C within each round
+    seed = random.randrange(1 << 30)
+    for r in range(rounds):
+        for name in procs:  # alternate A/B/C within each round, same bodies for each
+            bodies = fresh_small_bodies(n, seed + r) if fresh else [repeated] * n
+            c0 = cpu_seconds(procs[name])
             t0 = time.perf_counter()
-            timed_posts(clients[name], url, [body] * n)
+            timed_posts(clients[name], url, bodies)
             rates[name].append(n / (time.perf_counter() - t0))
+            cpu[name].append((cpu_seconds(procs[name]) - c0) * 1000 / n)
     for c in clients.values():
         c.close()
-    return {name: statistics.median(v) for name, v in rates.items()}
+    return {"rps": {name: statistics.median(v) for name, v in rates.items()},
+            "cpu_ms": {name: statistics.median(v) for name, v in cpu.items()}}
+
+
+def stage_profile(n: int) -> dict:
+    """Where a small fresh request's scan time goes, in this process (ms per request):
+    JSON planning and rebuilding, spaCy (tokenizer, tagger, NER), Presidio's recognizers and
+    context enhancer, operators. The shipped default policy's request rules; no proxy."""
+    from egress_gateway.detection.engine import DetectionEngine
+    from egress_gateway.policy.loader import load_policy
+    from egress_gateway.redact.runtime import RedactRuntime
+    from egress_gateway.redact.scan import scan_message
+
+    rt = RedactRuntime(load_policy(REPO_ROOT / "policies" / "default.yaml"), DetectionEngine.get)
+    idx, rules = rt.for_flow("api.anthropic.com", "/v1/messages", "request")
+    engine = rt.engine(idx, "request")
+    spent = {"spacy": 0.0, "presidio": 0.0, "analysis": 0.0}
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[name] += time.perf_counter() - t0
+        return wrapper
+
+    heavy, analyzer = engine._heavy, engine._analyzer
+    orig_art, orig_an = heavy.artifacts, analyzer.analyze
+    heavy.artifacts = timed("spacy", orig_art)
+    analyzer.analyze = timed("presidio", orig_an)
+    redact_many = timed("analysis", lambda texts, **kw: engine.redact_many(texts, **kw))
+    try:
+        warm = fresh_small_bodies(20, 1)
+        for b in warm:
+            scan_message(b, "application/json", None, None, rules, 1 << 24, redact_many, None,
+                         rt.provider)
+        spent.update(spacy=0.0, presidio=0.0, analysis=0.0)
+        bodies = fresh_small_bodies(n, random.randrange(1 << 30))
+        t0 = time.perf_counter()
+        for b in bodies:
+            scan_message(b, "application/json", None, None, rules, 1 << 24, redact_many, None,
+                         rt.provider)
+        total = time.perf_counter() - t0
+    finally:
+        heavy.artifacts, analyzer.analyze = orig_art, orig_an
+    ms = {k: v * 1000 / n for k, v in spent.items()}
+    return {"requests": n, "scan_ms": round(total * 1000 / n, 2), "spacy_ms": round(ms["spacy"], 2),
+            "presidio_recognizers_ms": round(ms["presidio"], 2),
+            "engine_other_ms": round(ms["analysis"] - ms["spacy"] - ms["presidio"], 2),
+            "walker_and_rebuild_ms": round(total * 1000 / n - ms["analysis"], 2)}
 
 
 def latency_pair(base, gw, url, bodies: list[bytes], rounds: int) -> tuple[list[float], list[float]]:
@@ -372,9 +469,14 @@ def run(args) -> dict:
         url = f"http://{HOST}:{up_port}/v1/messages"
         # 1. throughput without PII
         n, rounds = (30, 1) if q else (300, 3)
-        tp = throughput(procs, url, n, rounds)
-        results["throughput_rps"] = {k: round(v, 1) for k, v in tp.items()}
-        results["throughput_ratio"] = {k: round(v / tp["plain"], 3) for k, v in tp.items()}
+        for label, fresh in (("", True), ("_repeated", False)):
+            tp = throughput(procs, url, n, rounds, fresh=fresh)
+            rps = tp["rps"]
+            results[f"throughput{label}_rps"] = {k: round(v, 1) for k, v in rps.items()}
+            results[f"throughput{label}_ratio"] = {k: round(v / rps["plain"], 3)
+                                                   for k, v in rps.items()}
+            results[f"throughput{label}_cpu_ms"] = {k: round(v, 2) for k, v in tp["cpu_ms"].items()}
+        results["stages"] = stage_profile(30 if q else 300)
         # 2. added latency by size, against raw Presidio on the same text
         sizes = [2_000, 20_000] if q else [2_000, 20_000, 200_000]
         lat = {}
@@ -474,7 +576,9 @@ def run_load(args) -> dict:
             while time.monotonic() < deadline:
                 kind = rng.choices(["allowed", "pii", "refused"], [6, 3, 1])[0]
                 text = pii_sentence(rng) if kind == "pii" else rng.choice(FILLER)
-                body = json.dumps(chat_request(f"{text} (client {n})")).encode()
+                # a fresh sentence in every request: no findings cache answers the load
+                body = json.dumps(chat_request(f"{text} {fresh_sentence(rng)} (client {n})")
+                                  ).encode()
                 t0 = time.perf_counter()
                 try:
                     r = c.post(refused_url if kind == "refused" else url, content=body,
@@ -553,9 +657,18 @@ def print_load(r: dict) -> None:
 
 
 def print_table(r: dict) -> None:
-    print("\nthroughput, small JSON without PII (sequential, keep-alive; median of rounds)")
-    for name, v in r["throughput_rps"].items():
-        print(f"  {name:10s} {v:8.1f} req/s   x{r['throughput_ratio'][name]:.3f} of plain")
+    for label, what in (("", "fresh ~100-character sentence in every request"),
+                        ("_repeated", "REPEATED body: the findings cache answers it")):
+        print(f"\nthroughput, small JSON without PII, {what} (sequential, keep-alive; median of "
+              "rounds; CPU of the proxy's processes per request)")
+        for name, v in r[f"throughput{label}_rps"].items():
+            print(f"  {name:10s} {v:8.1f} req/s   x{r[f'throughput{label}_ratio'][name]:.3f} of "
+                  f"plain   {r[f'throughput{label}_cpu_ms'][name]:6.2f} ms CPU/req")
+    st = r["stages"]
+    print(f"\nscan of a small fresh request, in-process (no proxy), ms per request: total "
+          f"{st['scan_ms']}: spaCy {st['spacy_ms']}, Presidio recognizers "
+          f"{st['presidio_recognizers_ms']}, engine other {st['engine_other_ms']}, walker and "
+          f"rebuild {st['walker_and_rebuild_ms']}")
     print("\nadded latency, chat request with PII, fresh text each request (gateway with redaction vs "
           "plain mitmdump; re-sent: the same body again)")
     cols = ("plain", "gateway", "added", "added p95", "re-sent", "raw Presidio")
