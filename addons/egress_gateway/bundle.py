@@ -85,7 +85,8 @@ HOOKS: dict[str, dict[str, str]] = {
         "response": "scans the trailers; completes a refusal made at responseheaders",
     },
     "Redactor": {
-        "load": "declares gateway_body_limit, gateway_scan_workers, gateway_scan_timeout and "
+        "load": "declares gateway_body_limit, gateway_scan_workers, gateway_scan_timeout, "
+                "gateway_scan_queue, gateway_scan_max_text and "
                 "the restore vault's options (gateway_vault_key_env, _ttl, _file)",
         "configure": "starts the scan pool; builds the policy's detection engines; creates the "
                      "restore vault (a restore rule without its key stops start-up)",

@@ -31,6 +31,7 @@ STATUS = {
     "internal_error": 500,
     "gateway_unavailable": 503,
     "recording_failed": 503,
+    "overloaded": 503,
 }
 
 

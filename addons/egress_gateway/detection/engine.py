@@ -82,30 +82,54 @@ class DeadlineExceeded(TimeoutError):
     """The caller's time budget ran out between two analysis batches (see `deadline`)."""
 
 
+class TextOverBudget(ValueError):
+    """A message carries more new text (not in the findings cache) than its scan may analyse
+    within the time budget (see `deadline`): refused before any of it is analysed."""
+
+
 _local = threading.local()
 
 
 class deadline:  # noqa: N801 - used as a context manager, like contextlib's
     """``with deadline(seconds): engine.redact_many(...)`` in a worker thread: analysis stops
     between batches once the budget is spent (the caller has already refused the flow; the
-    thread must not keep the pool busy for minutes)."""
+    thread must not keep the pool busy for minutes).
 
-    def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
+    ``at``: an absolute ``time.monotonic()`` instead (the budget started when the flow was
+    queued, not when a worker picked it up). ``max_fresh``: characters of uncached text the
+    calls inside may analyse together; more raises `TextOverBudget` before analysing any.
+    """
+
+    def __init__(self, seconds: float | None = None, at: float | None = None,
+                 max_fresh: int | None = None) -> None:
+        self.at = at if at is not None else time.monotonic() + (seconds or 0.0)
+        self.max_fresh = max_fresh
 
     def __enter__(self) -> deadline:
-        self.prev = getattr(_local, "deadline", None)
+        self.prev = (getattr(_local, "deadline", None), getattr(_local, "fresh_left", None))
         _local.deadline = self.at
+        _local.fresh_left = self.max_fresh
         return self
 
     def __exit__(self, *exc) -> None:
-        _local.deadline = self.prev
+        _local.deadline, _local.fresh_left = self.prev
 
 
 def _check_deadline() -> None:
     at = getattr(_local, "deadline", None)
     if at is not None and time.monotonic() > at:
         raise DeadlineExceeded("analysis stopped: the time budget is spent")
+
+
+def _spend_fresh(chars: int) -> None:
+    left = getattr(_local, "fresh_left", None)
+    if left is None:
+        return
+    if chars > left:
+        raise TextOverBudget(f"the message carries more new text than the gateway scans within "
+                             f"its time budget ({chars} characters to analyse, at most {left} "
+                             f"more allowed: gateway_scan_max_text)")
+    _local.fresh_left = left - chars
 
 
 ANALYSIS_BATCH = 2  # chunks analysed together: 200 KB peaks at ~220 MB (8: 380, 64: 560)
@@ -222,6 +246,7 @@ class DetectionEngine:
                 keys[i] = key
                 todo.append(i)
         if todo:
+            _spend_fresh(sum(len(texts[i]) for i in todo))
             found = self._analyze_uncached([texts[i] for i in todo], prose)
             for i, findings in zip(todo, found, strict=True):
                 out[i] = findings

@@ -10,7 +10,10 @@ Per flow and direction (policy ``redact:``, read per flow so edits apply to new 
 - too large or unscannable bodies: the policy's ``too_large`` / ``unsupported`` action
   (413 ``too_large`` / 415 ``unsupported_content``, or pass, noted in the metadata);
 - analysis runs on a thread pool (``gateway_scan_workers``) within ``gateway_scan_timeout``
-  seconds; an error or timeout refuses the flow (500 ``internal_error``), never forwards it.
+  seconds counted from when the scan was queued; an error or timeout refuses the flow
+  (500 ``internal_error``), never forwards it; at most ``gateway_scan_queue`` scans wait or run
+  at once, more are refused at once (503 ``overloaded``); a message with more new text than
+  ``gateway_scan_max_text`` characters is answered at once (the ``too_large`` action).
 
 Visible, not leaky: ``flow.metadata["gateway"]["redactions"] = {"request": {ENTITY: n}, ...}``,
 a flow comment (``request: 2 EMAIL_ADDRESS``), a log line; counts and types only.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mitmproxy import ctx, exceptions, http
 
-from egress_gateway.detection.engine import deadline
+from egress_gateway.detection.engine import DeadlineExceeded, deadline
 from egress_gateway.flowstate import refuse, settled, state
 from egress_gateway.pseudonyms.keeper import VaultKeeper
 from egress_gateway.pseudonyms.restore import restore_message
@@ -35,6 +39,8 @@ from egress_gateway.redact import bodies
 from egress_gateway.redact.runtime import RedactRuntime
 from egress_gateway.redact.scan import (
     DEFAULT_BODY_LIMIT,
+    DEFAULT_MAX_TEXT,
+    DEFAULT_QUEUE,
     DEFAULT_TIMEOUT,
     DEFAULT_WORKERS,
     INLINE_MAX_BYTES,
@@ -57,6 +63,10 @@ def _default_engine_factory(settings):
     from egress_gateway.detection import DetectionEngine
 
     return DetectionEngine.get(settings)
+
+
+class Overloaded(Exception):
+    """Every scan slot (``gateway_scan_queue``) is taken: the flow is refused at once."""
 
 
 def format_counts(counts: dict[str, int]) -> str:
@@ -83,6 +93,8 @@ class Redactor:
         self.abandoned = False  # the gateway is stopping: no scan is awaited any more
         self._abandon: asyncio.Future | None = None  # resolved by abandon_scans()
         self.vaults = VaultKeeper()
+        self._admitted = 0  # scans queued or running on the pool
+        self._admit_lock = threading.Lock()
         core.add_compiler("redact", lambda policy: RedactRuntime(policy, self.engine_factory))
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -99,18 +111,31 @@ class Redactor:
         loader.add_option(
             # str: mitmproxy cannot parse float options given with --set
             "gateway_scan_timeout", str, f"{DEFAULT_TIMEOUT:g}",
-            "Time budget in seconds for scanning one message; past it the flow is refused "
-            "(internal_error).",
+            "Time budget in seconds for scanning one message, counted from when it is queued; "
+            "past it the flow is refused (internal_error).",
+        )
+        loader.add_option(
+            "gateway_scan_queue", int, DEFAULT_QUEUE,
+            "Scans that may wait for or run on the workers at once; a message arriving when "
+            "all are taken is refused at once (503 overloaded).",
+        )
+        loader.add_option(
+            "gateway_scan_max_text", int, DEFAULT_MAX_TEXT,
+            "New text (characters not in the findings cache) one message may make the detector "
+            "analyse; more is answered at once with the policy's too_large action.",
         )
         self.vaults.load(loader)
 
     def configure(self, updated: set[str]) -> None:
-        names = {"gateway_body_limit", "gateway_scan_workers", "gateway_scan_timeout"}
+        names = {"gateway_body_limit", "gateway_scan_workers", "gateway_scan_timeout",
+                 "gateway_scan_queue", "gateway_scan_max_text"}
         if updated & names:
             try:
                 opts = parse_options(ctx.options.gateway_body_limit,
                                      ctx.options.gateway_scan_workers,
-                                     ctx.options.gateway_scan_timeout)
+                                     ctx.options.gateway_scan_timeout,
+                                     ctx.options.gateway_scan_queue,
+                                     ctx.options.gateway_scan_max_text)
             except ValueError as e:
                 raise exceptions.OptionsError(str(e)) from None
             if self.pool is None or opts.workers != self.options.workers:
@@ -163,20 +188,53 @@ class Redactor:
                 self._warm = True
 
     # --- running a scan ---------------------------------------------------------------------
-    async def _run(self, fn: Callable[[], Outcome]) -> Outcome:
+    async def _run(self, fn: Callable[[], Outcome], max_text: int | None = None) -> Outcome:
+        """Run ``fn()`` on the pool within the flow's budget, which covers the wait for a
+        worker: a scan picked up after it has run out does not start, one that runs stops
+        between analysis batches (`deadline`); ``max_text``: new characters it may analyse.
+        A scan that cannot get a slot raises `Overloaded` at once; a slot is held until the
+        worker is done with it (a timed-out scan holds one until it stops at its deadline)."""
         if self.abandoned:
             raise ScansAbandoned
         if self.pool is None:
             self.pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="gateway-scan")
+        with self._admit_lock:
+            if self._admitted >= self.options.queue:
+                raise Overloaded
+            self._admitted += 1
+        timeout = self.options.timeout
+        at = time.monotonic() + timeout
+
+        def job() -> Outcome:
+            if time.monotonic() > at:  # picked up after the budget ran out (queued too long)
+                raise DeadlineExceeded("scan not started: the time budget is spent")
+            with deadline(at=at, max_fresh=max_text):
+                return fn()
+
+        try:
+            cfut = self.pool.submit(job)
+        except BaseException:
+            self._release()
+            raise
+        cfut.add_done_callback(lambda _: self._release())
         loop = asyncio.get_running_loop()
-        scan = asyncio.ensure_future(
-            asyncio.wait_for(loop.run_in_executor(self.pool, fn), self.options.timeout))
+        scan = asyncio.ensure_future(asyncio.wait_for(asyncio.wrap_future(cfut), timeout))
         if self._abandon is None:
             self._abandon = loop.create_future()
-        await asyncio.wait([scan, self._abandon], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait([scan, self._abandon], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            scan.cancel()
+            cfut.cancel()
+            raise
         if scan.done():
-            return scan.result()
+            try:
+                return scan.result()
+            except TimeoutError:
+                cfut.cancel()  # still queued: it never runs (and frees its slot now)
+                raise
         scan.cancel()  # the worker itself ends within the scan's deadline
+        cfut.cancel()
         raise ScansAbandoned
 
     def abandon_scans(self) -> None:
@@ -185,6 +243,14 @@ class Redactor:
         self.abandoned = True
         if self._abandon is not None and not self._abandon.done():
             self._abandon.set_result(None)
+
+    def _release(self) -> None:
+        with self._admit_lock:
+            self._admitted -= 1
+
+    def pending(self) -> int:
+        """Scans queued or running (for a drain on shutdown)."""
+        return self._admitted
 
     def _record(self, flow, direction: str, out: Outcome) -> None:
         st = state(flow)
@@ -219,6 +285,12 @@ class Redactor:
     def _fail(self, flow, direction: str, e: BaseException) -> None:
         if isinstance(e, ScansAbandoned):
             refuse_stopping(flow, direction=direction)
+            return
+        if isinstance(e, Overloaded):
+            reason = (f"the gateway is scanning as many messages as it can "
+                      f"(gateway_scan_queue={self.options.queue}); retry later")
+            log.warning(f"egress gateway: scan queue full; refusing the {direction} (overloaded)")
+            refuse(flow, "overloaded", reason, direction=direction)
             return
         if isinstance(e, TimeoutError):
             reason = (f"scanning the {direction} exceeded the time budget of "
@@ -263,17 +335,16 @@ class Redactor:
 
         def work() -> Outcome:
             engine = rt.engine(idx, direction)
-            with deadline(self.options.timeout):  # the worker stops too, not only the wait
-                return scan_message(raw, ct, ce, query, rules, limit,
-                                    lambda texts, **kw: engine.redact_many(
-                                        texts, session=session, **extra, **kw),
-                                    upath, provider)
+            return scan_message(raw, ct, ce, query, rules, limit,
+                                lambda texts, **kw: engine.redact_many(
+                                    texts, session=session, **extra, **kw),
+                                upath, provider)
 
         t0 = time.perf_counter()
         out = self._scan_inline(rt.engine(idx, direction), rules, raw, ct, ce, query, session,
                                 upath, provider, extra)
         if out is None:
-            out = await self._run(work)
+            out = await self._run(work, self.options.max_text)
         ms = round((time.perf_counter() - t0) * 1000, 1)
         state(flow).sub("scan_ms")[direction] = ms
         self._record(flow, direction, out)
@@ -537,7 +608,7 @@ class Redactor:
                 return scan_ws_text(text, rules, lambda texts, **kw: engine.redact_many(
                     texts, session=session, **kw))
 
-            out = await self._run(work)
+            out = await self._run(work, self.options.max_text)
             self._record(flow, direction, out)
             if out.refusal:
                 msg.drop()
@@ -548,7 +619,9 @@ class Redactor:
                 msg.content = out.text.encode("utf-8")
         except Exception as e:
             msg.drop()
-            if isinstance(e, TimeoutError):
+            if isinstance(e, Overloaded):
+                log.warning("egress gateway: scan queue full; dropped a WebSocket message")
+            elif isinstance(e, TimeoutError):
                 log.error("egress gateway: scanning a WebSocket message timed out; dropped it")
             else:
                 log.error("egress gateway: internal error while scanning a WebSocket message; "

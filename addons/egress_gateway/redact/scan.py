@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from egress_gateway.detection.engine import TextOverBudget
 from egress_gateway.net import codecs
 from egress_gateway.redact import bodies
 from egress_gateway.redact import provider as provider_check
@@ -17,6 +18,12 @@ INLINE_MAX_BYTES = 64 * 1024  # larger messages always go to the pool (parsing t
 DEFAULT_BODY_LIMIT = 10 * 1024 * 1024
 DEFAULT_WORKERS = 2
 DEFAULT_TIMEOUT = 30.0
+# Scans admitted at once (running or waiting for a worker); more are refused (503 overloaded).
+DEFAULT_QUEUE = 64
+# New (uncached) characters one message may make the engine analyse. NER runs at roughly
+# 50 KB/s per core here (200 KB: ~4 s): 512 Ki characters is ~10 s of one core, well inside
+# the 30 s budget; a bigger fresh body is answered at once instead of burning a worker.
+DEFAULT_MAX_TEXT = 512 * 1024
 
 
 class CacheMiss(Exception):
@@ -28,9 +35,12 @@ class ScanOptions:
     body_limit: int = DEFAULT_BODY_LIMIT
     workers: int = DEFAULT_WORKERS
     timeout: float = DEFAULT_TIMEOUT
+    queue: int = DEFAULT_QUEUE
+    max_text: int = DEFAULT_MAX_TEXT
 
 
-def parse_options(body_limit, workers, timeout) -> ScanOptions:
+def parse_options(body_limit, workers, timeout, queue=DEFAULT_QUEUE,
+                  max_text=DEFAULT_MAX_TEXT) -> ScanOptions:
     """Validate the addon's options; raise ValueError naming the bad one."""
     if not isinstance(body_limit, int) or body_limit < 1024:
         raise ValueError(f"gateway_body_limit must be at least 1024 bytes, got {body_limit!r}")
@@ -42,7 +52,12 @@ def parse_options(body_limit, workers, timeout) -> ScanOptions:
         raise ValueError(f"gateway_scan_timeout must be a number of seconds, got {timeout!r}") from None
     if not 0 < timeout <= 3600:
         raise ValueError(f"gateway_scan_timeout must be > 0 and <= 3600 seconds, got {timeout!r}")
-    return ScanOptions(body_limit, workers, float(timeout))
+    if not isinstance(queue, int) or not 1 <= queue <= 100_000:
+        raise ValueError(f"gateway_scan_queue must be between 1 and 100000, got {queue!r}")
+    if not isinstance(max_text, int) or max_text < 1024:
+        raise ValueError(f"gateway_scan_max_text must be at least 1024 characters, "
+                         f"got {max_text!r}")
+    return ScanOptions(body_limit, workers, float(timeout), queue, max_text)
 
 
 # --- the work done on a worker thread ---------------------------------------------------------------
@@ -145,7 +160,12 @@ def scan_message(raw: bytes | None, content_type: str | None, content_encoding: 
         except bodies.Unsupported as e:
             if policy_refusal("unsupported", rules.unsupported, "unsupported_content", str(e), out):
                 return out
-    job.run(redact_many)
+    try:
+        job.run(redact_many)
+    except TextOverBudget as e:  # refused (or passed, per policy) before anything was analysed
+        out.notes = opts.notes
+        policy_refusal("too_large", rules.too_large, "too_large", str(e), out)
+        return out
     out.counts = job.counts
     out.notes = opts.notes
     if job.blocked:
@@ -167,7 +187,11 @@ def scan_ws_text(text: str, rules: DirectionRules, redact_many: Callable) -> Out
     out = Outcome()
     job = TextJob()
     node = job.add_text(text, rules.scope())
-    job.run(redact_many)
+    try:
+        job.run(redact_many)
+    except TextOverBudget as e:
+        out.refusal = ("too_large", str(e), {})
+        return out
     out.counts = job.counts
     if job.blocked:
         out.refusal = blocked_refusal(job.blocked)
