@@ -321,3 +321,15 @@ def test_rescan_replaces_the_request_counts():
     run(r, lambda: r.rescan_request(f))
     assert f.metadata["gateway"]["redactions"]["request"] == {"EMAIL_ADDRESS": 1}
     assert b"e@f.co" not in f.request.raw_content
+
+
+def test_stopping_gateway_never_forwards_an_unscanned_websocket_message():
+    from mitmproxy.websocket import WebSocketMessage
+    from wsproto.frame_protocol import Opcode
+
+    r, _ = make()
+    r.abandon_scans()  # the shutdown grace is over: no scan is awaited any more
+    text = WebSocketMessage(Opcode.TEXT, True, b'{"say": "mail a@b.co"}')
+    f = ws_flow([text])
+    run(r, lambda: r.websocket_message(f))
+    assert text.dropped  # not scanned, so not sent

@@ -621,6 +621,8 @@ class Redactor:
             msg.drop()
             if isinstance(e, Overloaded):
                 log.warning("egress gateway: scan queue full; dropped a WebSocket message")
+            elif isinstance(e, ScansAbandoned):
+                log.info("egress gateway: stopping; dropped a WebSocket message not yet scanned")
             elif isinstance(e, TimeoutError):
                 log.error("egress gateway: scanning a WebSocket message timed out; dropped it")
             else:
