@@ -159,11 +159,17 @@ class Shutdown:
         except Exception:
             log.exception("egress gateway: could not stop listening")
 
-    async def done(self) -> None:
+    def done(self):
+        """Synchronous on purpose: mitmproxy unloads a script (a reload, a broken edit) with a
+        *sync* done hook and refuses an ``async def`` one, which would abort the unload. When
+        the gateway really stops, the returned coroutine is awaited by mitmproxy's shutdown."""
         if self.stopping is None:
             if not ctx.master.should_exit.is_set():
-                return  # the script is unloaded (a reload), not the gateway stopped
+                return None  # the script is unloaded (a reload), not the gateway stopped
             self.begin("shutdown")
+        return self._stop()
+
+    async def _stop(self) -> None:
         try:
             await self._drain()
         except Exception:

@@ -34,3 +34,16 @@ def test_every_addon_reaches_its_peers_by_reference():
     assert by["Approvals"].redactor is by["Redactor"]
     assert by["Session"].connections is core.connections
     assert all(getattr(a, "core", core) is core for a in addons)
+
+
+def test_hooks_mitmproxy_calls_synchronously_are_not_async():
+    """mitmproxy calls load, configure and done synchronously when a script is (un)loaded or an
+    option changes, and raises for an ``async def`` handler: the unload of a broken edit would
+    abort and the reload path would break. A done that must wait returns a coroutine instead."""
+    import inspect
+
+    for addon in make_addons():
+        for hook in ("load", "configure", "done"):
+            fn = getattr(addon, hook, None)
+            assert fn is None or not inspect.iscoroutinefunction(fn), \
+                f"{type(addon).__name__}.{hook} is async"

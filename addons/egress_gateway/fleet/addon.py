@@ -7,6 +7,7 @@ Set: every hold is a row in the store's review queue, decided with ``run_gateway
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from mitmproxy import ctx, exceptions
@@ -15,6 +16,8 @@ from egress_gateway.fleet import settings
 from egress_gateway.fleet.store import Store
 
 log = logging.getLogger(__name__)
+
+_STOPPING: set = set()  # stores of unloaded addons, stopping
 
 
 class Fleet:
@@ -79,9 +82,21 @@ class Fleet:
         seq, head, alg = audit.state()
         return str(audit.path), seq, head, alg
 
-    async def done(self) -> None:
-        if self.store is not None:
-            await self.store.stop()
+    def done(self):
+        """Synchronous (mitmproxy unloads a script with a sync done hook and refuses an async
+        one): on a stop the returned coroutine is awaited; on an unload it runs as a task."""
+        if self.store is None:
+            return None
+        stopping = self.store.stop()
+        if ctx.master.should_exit.is_set():
+            return stopping
+        try:
+            task = asyncio.get_running_loop().create_task(stopping)
+            _STOPPING.add(task)  # referenced until done (the loop keeps only weak references)
+            task.add_done_callback(_STOPPING.discard)
+        except RuntimeError:  # no loop (a test unloading the addon): nothing is running
+            stopping.close()
+        return None
 
     def server_connect(self, data) -> None:
         """Agents never reach the store (they could decide their own holds)."""
