@@ -132,9 +132,9 @@ def test_stream_redactor_never_returns_empty_bytes_mid_stream():
 def test_stream_redactor_generic_sse_and_comments():
     r = StreamRedactor(analyze, apply, redact_data)
     out = collect(r(b": ping\n\nretry: 5\ndata: mail eve@example.com\n\n"))
-    assert out.startswith(b": ping\n\n")
+    assert out == b": ping\n\n"  # text data is one text per stream: held until the next event
+    out += collect(r(b""))
     assert b"retry: 5\ndata: mail <EMAIL_ADDRESS>\n\n" in out
-    assert collect(r(b"")) == b""
 
 
 def test_stream_redactor_fails_closed():
@@ -142,6 +142,7 @@ def test_stream_redactor_fails_closed():
         raise RuntimeError("detector down")
     r = StreamRedactor(boom, boom, boom)
     out = collect(r(b"data: secret alice@example.com\n\n"))
+    out += collect(r(b"data: " + b"x " * 40 + b"\n\n"))  # enough text to analyse
     assert b"alice" not in out and b"egress_gateway_error" in out
     assert r(b"data: more\n\n") == []
     assert r.failed

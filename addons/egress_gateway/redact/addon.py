@@ -53,6 +53,7 @@ from egress_gateway.redact.scan import (
     scan_ws_text,
 )
 from egress_gateway.redact.stream import StreamRedactor
+from egress_gateway.redact.streams.ndjson import NdjsonRedactor
 from egress_gateway.session import session_of
 from egress_gateway.shutdown import refuse_stopping
 
@@ -456,7 +457,8 @@ class Redactor:
             self._fail(flow, "request", e)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """Server-sent events are redacted while they stream (`egress_gateway.sse`).
+        """Server-sent events, and NDJSON sent without a length, are redacted while they stream
+        (`redact.stream`, `redact.streams`).
 
         A buffered SSE response would turn time-to-first-token into time-to-last-token.
         Compressed streams are left to the buffered path (decoded with the bounded decoder).
@@ -465,8 +467,10 @@ class Redactor:
             return
         try:
             resp = flow.response
-            if "text/event-stream" not in resp.headers.get("content-type", "").lower():
-                return
+            mime, _ = bodies.parse_content_type(resp.headers.get("content-type"))
+            if mime != "text/event-stream" and (mime not in bodies.NDJSON_TYPES
+                                                or "content-length" in resp.headers):
+                return  # NDJSON with a length is a document, scanned line by line when buffered
             if resp.headers.get("content-encoding", "identity").strip().lower() != "identity":
                 return
             rt = self.runtime()
@@ -501,8 +505,9 @@ class Redactor:
                     return data, {}, set()
 
             restorer = (lambda context: self.vaults.restorer(session, context)) if restore else None
-            self._streams[flow.id] = stream = StreamRedactor(analyze, apply, redact_data,
-                                                             restorer=restorer)
+            kind = StreamRedactor if mime == "text/event-stream" else NdjsonRedactor
+            self._streams[flow.id] = stream = kind(analyze, apply, redact_data,
+                                                   restorer=restorer)
             resp.stream = stream
             if "content-length" in resp.headers:  # the redacted stream has another length
                 del resp.headers["content-length"]

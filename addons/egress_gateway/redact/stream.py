@@ -2,7 +2,8 @@
 
 - `HoldBack`: text that arrives in pieces (an e-mail split over two deltas) is released only up
   to a safe boundary: whitespace at least `window` characters before the end, and never
-  inside something the detector found. The tail is held until more text or the end.
+  inside something the detector found, nor between a keyword (``password: ``, a PEM header)
+  and its value (`streams.keywords.guard`). The tail is held until more text or the end.
 - `StreamRedactor`: the callable mitmproxy calls per chunk. Messages API
   ``content_block_delta`` events (``text_delta``, ``input_json_delta``) go through a `HoldBack`
   per content block; other events' ``data`` are redacted whole (JSON or text). It never returns
@@ -22,6 +23,8 @@ from collections.abc import Callable
 
 from egress_gateway.net.sse import Event, SSEParser
 from egress_gateway.pseudonyms.restore import Restorer, restore_json
+from egress_gateway.redact.streams.generic import Item, Reassembler
+from egress_gateway.redact.streams.keywords import guard
 
 # Findings for a text: anything with .start and .end (detection.Finding).
 Analyze = Callable[[str], list]
@@ -73,9 +76,14 @@ class HoldBack:
         if cut == 0:
             return ""
         findings = self.analyze(self.pending)
-        for f in findings:
-            if f.start < cut < f.end:
-                cut = f.start
+        for _ in range(3):  # a finding and a keyword may each move the cut back
+            before = cut
+            for f in findings:
+                if f.start < cut < f.end:
+                    cut = f.start
+            cut = guard(self.pending, cut)
+            if cut == before:
+                break
         return self._release(cut, findings) if cut > 0 else ""
 
     def flush(self) -> str:
@@ -85,6 +93,9 @@ class HoldBack:
 
 
 _DELTA_FIELDS = {"text_delta": "text", "input_json_delta": "partial_json"}
+MESSAGES_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta",
+                             "content_block_stop", "message_delta", "message_stop", "ping",
+                             "error"})
 
 
 class StreamRedactor:
@@ -97,6 +108,9 @@ class StreamRedactor:
         self.restorers: dict[int, Restorer] = {}  # index -> the block's restorer
         self.data_restorer = restorer("text") if restorer else None
         self.restored = self.unknown_tokens = 0
+        # every other shape (OpenAI chat and Responses, NDJSON-like JSON, text data)
+        self.generic = Reassembler(lambda: HoldBack(analyze, apply, window), redact_data,
+                                   restorer)
         self.analyze, self.apply, self.window = analyze, apply, window
         self.redact_data = redact_data
         self.blocks: dict[int, tuple[HoldBack, str]] = {}  # index -> (hold-back, delta type)
@@ -126,10 +140,12 @@ class StreamRedactor:
 
     def _count_restores(self) -> None:
         rs = [*self.restorers.values(), *([self.data_restorer] if self.data_restorer else [])]
-        self.restored = sum(r.restored for r in rs) + self._restored_done
-        self.unknown_tokens = sum(r.unknown for r in rs) + self._unknown_done
+        g_restored, g_unknown = self._generic_restores
+        self.restored = sum(r.restored for r in rs) + self._restored_done + g_restored
+        self.unknown_tokens = sum(r.unknown for r in rs) + self._unknown_done + g_unknown
 
     _restored_done = _unknown_done = 0
+    _generic_restores = (0, 0)
 
     def _flush_block(self, index: int) -> bytes:
         entry = self.blocks.pop(index, None)
@@ -153,11 +169,19 @@ class StreamRedactor:
         self.events += 1
         data = ev.data
         doc = None
-        if data.startswith("{"):
+        if data.startswith(("{", "[")):
             try:
                 doc = json.loads(data)
             except ValueError:
                 doc = None
+        if not (isinstance(doc, dict) and doc.get("type") in MESSAGES_EVENTS):
+            out = self.generic.feed(Item(data if doc is None else doc,
+                                         lambda d, ev=ev: ev.with_data(
+                                             d if isinstance(d, str) else json.dumps(d)),
+                                         ev.raw()))
+            self._count_generic()
+            return out
+        generic_tail = self.generic.close() if self.generic.pending else b""
         if isinstance(doc, dict) and doc.get("type") == "content_block_delta":
             delta = doc.get("delta") or {}
             dtype = delta.get("type")
@@ -190,7 +214,16 @@ class StreamRedactor:
                 self._unknown_done += u
                 self._count_restores()
                 new = restored
-        return prefix + (ev.raw() if new is data or new == data else ev.with_data(new))
+        return generic_tail + prefix + (ev.raw() if new is data or new == data
+                                        else ev.with_data(new))
+
+    def _count_generic(self) -> None:
+        g = self.generic
+        self.counts.update(g.counts)
+        g.counts.clear()
+        self.blocked |= g.blocked
+        self._generic_restores = g.counts_restored()
+        self._count_restores()
 
     # -- mitmproxy's stream interface ------------------------------------------------------
     def _events(self, chunk: bytes) -> bytes:
@@ -204,6 +237,8 @@ class StreamRedactor:
             if tail is not None and not tail.only_comments:
                 out += self._handle(tail)
             out += b"".join(self._flush_block(i) for i in sorted(self.blocks))
+            out += self.generic.close()
+            self._count_generic()
             if self.blocked:
                 raise StreamBlocked
         return out
