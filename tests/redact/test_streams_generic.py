@@ -176,3 +176,24 @@ def test_run_keys_separate_choices_tool_calls_and_event_types():
     b = paths.text_leaves(chat_chunk(args="x", tool_index=1))
     assert a.keys() != b.keys()
     assert not paths.text_leaves({"id": "x", "model": "m", "type": "t"})
+
+
+@pytest.mark.parametrize("cut", range(16, 16 + len(EMAIL) + 1, 2))
+def test_ndjson_stream_split_values(cut):
+    from egress_gateway.redact.streams.ndjson import NdjsonRedactor
+
+    lines = [{"message": {"content": p}, "done": False} for p in split_at(SENTENCE, cut)]
+    lines.append({"done": True})
+    body = b"".join(json.dumps(d).encode() + b"\n" for d in lines)
+    r = NdjsonRedactor(analyze, apply, redact_data)
+    out = b""
+    for i in range(0, len(body), 9):
+        got = r(body[i:i + 9])
+        assert got != b""
+        out += b"".join(got)
+    out += r(b"")
+    assert EMAIL.encode() not in out
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert docs[-1] == {"done": True}
+    text = "".join(d.get("message", {}).get("content", "") for d in docs)
+    assert text == SENTENCE.replace(EMAIL, "<EMAIL_ADDRESS>")
