@@ -248,12 +248,12 @@ def start_proxies(tmp: Path, upstream_port: int, which: list[str]) -> dict[str, 
         procs["plain"] = Proc("plain", [str(venv_bin / "mitmdump"), "--listen-host", "127.0.0.1",
                                         "-p", str(port), "-s", str(script), *common],
                               port, "proxy listening", tmp / "plain.log")
-    for name, redact in (("allowlist", False), ("redact", True)):
+    for name, redact in (("allowlist", False), ("redact", True), ("restore", True)):
         if name not in which:
             continue
         policy = dict(policy_allow)
         if redact:
-            policy.update(bench_redact_section())
+            policy.update(bench_redact_section(restore=name == "restore"))
         else:
             policy.update(bench_no_redact_section())
         path = tmp / f"{name}.yaml"
@@ -267,13 +267,16 @@ def start_proxies(tmp: Path, upstream_port: int, which: list[str]) -> dict[str, 
     return procs
 
 
-def bench_redact_section() -> dict:
-    """The shipped default's redact section, with its Messages API rules on the bench host."""
+def bench_redact_section(restore: bool = False) -> dict:
+    """The shipped default's redact section, with its Messages API rules on the bench host
+    (and ``restore: true`` on them for the restore figures)."""
     import yaml
 
     redact = yaml.safe_load((REPO_ROOT / "policies" / "default.yaml").read_text())["redact"]
     for rule in redact.get("rules", []):
         rule["hosts"] = [HOST if h == "api.anthropic.com" else h for h in rule["hosts"]]
+        if restore and HOST in rule["hosts"]:
+            rule["restore"] = True
     return {"redact": redact}
 
 
@@ -549,6 +552,60 @@ def run(args) -> dict:
     return results
 
 
+def run_restore(args) -> dict:
+    """Restore on vs off: added latency per request (chat request with PII, fresh text) and
+    the SSE times, each against plain mitmdump."""
+    q = args.quick
+    os.environ.setdefault("GATEWAY_VAULT_KEY", "bench-vault-key-not-secret")
+    results: dict = {"machine": {"cores": os.cpu_count()}, "quick": q}
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-restore-"))
+    up_port = _free_port()
+    sse_events = 20 if q else 200
+    upstream = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-upstream",
+                                 str(up_port), "--sse-events", str(sse_events)],
+                                cwd=REPO_ROOT, start_new_session=True)
+    procs: dict[str, Proc] = {}
+    try:
+        time.sleep(0.5)
+        procs = start_proxies(tmp, up_port, ["plain", "redact", "restore"])
+        url = f"http://{HOST}:{up_port}/v1/messages"
+        reps = 3 if q else 15
+        lat = {}
+        for name in ("redact", "restore"):
+            bodies = [json.dumps(chat_request(chat_text(2_000, seed=300 + i))).encode()
+                      for i in range(reps)]
+            base, gw = latency_pair(procs["plain"], procs[name], url, bodies, 1)
+            lat[name] = {"plain_ms": round(statistics.median(base), 1),
+                         "gateway_ms": round(statistics.median(gw), 1),
+                         "added_ms": round(statistics.median(gw) - statistics.median(base), 1)}
+        results["latency_2kb"] = lat
+        sse = {}
+        for name in ("plain", "redact", "restore"):
+            firsts, texts = [], []
+            for _ in range(1 if q else 5):
+                f, ft, _ = sse_times(procs[name].proxy, f"http://{HOST}:{up_port}/v1/messages/sse")
+                firsts.append(f)
+                texts.append(ft)
+            sse[name] = {"first_event_ms": round(statistics.median(firsts), 1),
+                         "first_text_ms": round(statistics.median(texts), 1)}
+        results["sse"] = sse
+    finally:
+        for p in procs.values():
+            p.stop()
+        upstream.terminate()
+    return results
+
+
+def print_restore(r: dict) -> None:
+    print("\nrestore off vs on: chat request with PII (2 KB, fresh text), median ms")
+    for name, v in r["latency_2kb"].items():
+        print(f"  {name:8s} plain {v['plain_ms']:7.1f}  gateway {v['gateway_ms']:7.1f}  "
+              f"added {v['added_ms']:7.1f}")
+    print("SSE (Messages API shaped): first event / first text delta (ms)")
+    for name, v in r["sse"].items():
+        print(f"  {name:8s} {v['first_event_ms']:8.1f} {v['first_text_ms']:8.1f}")
+
+
 def run_load(args) -> dict:
     """Concurrent clients, mixed allowed / refused / PII traffic, then the audit checks."""
     import httpx
@@ -699,6 +756,8 @@ def main(argv: list[str]) -> int:
                     help="load test: concurrent mixed traffic, then audit/recording checks")
     ap.add_argument("--clients", type=int, default=32, help="--load: concurrent clients (32)")
     ap.add_argument("--duration", type=float, default=60, help="--load: seconds (60)")
+    ap.add_argument("--restore", action="store_true",
+                    help="restore off vs on: added latency and time to first text delta")
     ap.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--sse-events", type=int, default=200, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -715,6 +774,12 @@ def main(argv: list[str]) -> int:
             Path(args.json).write_text(json.dumps(results, indent=2))
         print("\nload check: " + ("PASSED" if ok else "FAILED"))
         return 0 if ok else 1
+    if args.restore:
+        results = run_restore(args)
+        print_restore(results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return 0
     results = run(args)
     print_table(results)
     if args.json:
