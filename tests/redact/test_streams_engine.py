@@ -67,3 +67,22 @@ def test_streamed_in_small_deltas_equals_unstreamed(engine, case, size, shape):
     whole = engine.redact(text).text
     assert whole != text  # the unstreamed text is redacted
     assert stream_text(engine, text, size, shape) == whole
+
+
+def test_a_request_body_in_sse_form_is_reassembled_across_events(engine):
+    from egress_gateway.redact.scan import scan_event_stream
+
+    def apply(t, f):
+        r = engine.apply(t, f)
+        return r.text, r.counts, r.blocked
+
+    def redact_data(data):
+        return bodies.redact_sse_data(data, lambda texts, **kw: engine.redact_many(texts, **kw),
+                                      EVERYTHING)
+
+    text = TEXTS["percent"].replace("%40", "@")
+    cut = text.index("@") - 2
+    raw = b"".join(b"data: " + json.dumps({"chunk": p}).encode() + b"\n\n"
+                   for p in (text[:cut], text[cut:]))
+    out = scan_event_stream(raw, StreamRedactor(engine.analyze, apply, redact_data))
+    assert out.body is not None and b"jane" not in out.body and out.counts["EMAIL_ADDRESS"] == 1

@@ -47,8 +47,10 @@ from egress_gateway.redact.scan import (
     CacheMiss,
     Outcome,
     ScanOptions,
+    merge_outcomes,
     parse_options,
     policy_refusal,
+    scan_event_stream,
     scan_message,
     scan_ws_text,
 )
@@ -328,6 +330,9 @@ class Redactor:
               if c.strip().lower() not in ("", "chunked", "identity")]
         if te:  # "Transfer-Encoding: gzip, chunked": mitmproxy undoes only the chunking
             ce = ", ".join([c for c in [ce] if c] + te)
+        events = None  # an SSE body: reassembled like a stream (values split across events)
+        if raw and not ce and len(raw) <= limit and bodies.content_kind(ct, raw) == "sse":
+            events, raw = raw, b""
 
         provider = rt.provider if direction == "request" else None
         tokenize = (self.vaults.tokenizer(session)
@@ -346,6 +351,11 @@ class Redactor:
                                 upath, provider, extra)
         if out is None:
             out = await self._run(work, self.options.max_text)
+        if events is not None and not out.refusal:
+            engine = rt.engine(idx, direction)
+            out = merge_outcomes(out, await self._run(lambda: scan_event_stream(
+                events, self._stream_redactor(engine, rules, session, None, extra)),
+                self.options.max_text))
         ms = round((time.perf_counter() - t0) * 1000, 1)
         state(flow).sub("scan_ms")[direction] = ms
         self._record(flow, direction, out)
@@ -481,33 +491,11 @@ class Redactor:
                 self._unredacted_streams.add(flow.id)
                 return
             session = session_of(flow)
-            if rules.enabled:
-                engine = rt.engine(idx, "response")
-                scope = rules.scope()
-                analyze = engine.analyze
-
-                def apply(text: str, findings: list):
-                    r = engine.apply(text, findings, session=session)
-                    return r.text, r.counts, r.blocked
-
-                def redact_data(data: str):
-                    return bodies.redact_sse_data(
-                        data, lambda texts, **kw: engine.redact_many(texts, session=session,
-                                                                     **kw), scope)
-            else:  # restore only: this host's responses are not redacted
-                def analyze(text: str):
-                    return []
-
-                def apply(text: str, findings: list):
-                    return text, {}, set()
-
-                def redact_data(data: str):
-                    return data, {}, set()
-
             restorer = (lambda context: self.vaults.restorer(session, context)) if restore else None
             kind = StreamRedactor if mime == "text/event-stream" else NdjsonRedactor
-            self._streams[flow.id] = stream = kind(analyze, apply, redact_data,
-                                                   restorer=restorer)
+            engine = rt.engine(idx, "response") if rules.enabled else None
+            self._streams[flow.id] = stream = self._stream_redactor(
+                engine, rules, session, restorer, {}, kind)
             resp.stream = stream
             if "content-length" in resp.headers:  # the redacted stream has another length
                 del resp.headers["content-length"]
@@ -515,6 +503,28 @@ class Redactor:
                     resp.headers["transfer-encoding"] = "chunked"
         except Exception as e:
             self._fail(flow, "response", e)
+
+    @staticmethod
+    def _stream_redactor(engine, rules, session: str, restorer, extra: dict,
+                         kind=StreamRedactor):
+        """A stream redactor over `engine` (None: nothing redacted, restore only). Every
+        analysis goes through ``engine.analyze`` / ``apply`` / ``redact_many`` (the seam for
+        scan workers). `extra`: ``{"tokenize": fn}`` for a restore rule's request."""
+        if engine is None:
+            return kind(lambda text: [], lambda text, findings: (text, {}, set()),
+                        lambda data: (data, {}, set()), restorer=restorer)
+        scope = rules.scope()
+
+        def apply(text: str, findings: list):
+            r = engine.apply(text, findings, session=session, **extra)
+            return r.text, r.counts, r.blocked
+
+        def redact_data(data: str):
+            return bodies.redact_sse_data(
+                data, lambda texts, **kw: engine.redact_many(texts, session=session, **extra,
+                                                             **kw), scope)
+
+        return kind(engine.analyze, apply, redact_data, restorer=restorer)
 
     def _stream_done(self, flow: http.HTTPFlow, stream: StreamRedactor) -> None:
         out = Outcome(counts=Counter(stream.counts))

@@ -183,6 +183,32 @@ def scan_message(raw: bytes | None, content_type: str | None, content_encoding: 
     return out
 
 
+def scan_event_stream(raw: bytes, stream) -> Outcome:
+    """A whole SSE body (a request's) through a stream redactor (`redact.stream`): values split
+    across events are reassembled as when it streams. A block operator refuses; an error raises."""
+    out = Outcome()
+    got = stream(raw)
+    body = (b"".join(got) if isinstance(got, list) else got) + stream(b"")
+    out.counts = Counter(stream.counts)
+    if stream.failed:
+        if stream.blocked:
+            out.refusal = blocked_refusal(stream.blocked)
+            return out
+        raise RuntimeError(f"the event stream could not be scanned: {stream.failed}")
+    if body != raw:
+        out.body = body
+    return out
+
+
+def merge_outcomes(first: Outcome, second: Outcome) -> Outcome:
+    """`first` (query and path) with `second`'s body, counts and refusal."""
+    first.counts = Counter(first.counts) + Counter(second.counts)
+    first.refusal = first.refusal or second.refusal
+    if second.body is not None:
+        first.body = second.body
+    return first
+
+
 def scan_ws_text(text: str, rules: DirectionRules, redact_many: Callable) -> Outcome:
     out = Outcome()
     job = TextJob()
