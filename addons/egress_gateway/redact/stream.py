@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -48,8 +50,24 @@ class HoldBack:
         self.analyze, self.apply = analyze, apply
         self.window, self.min_release, self.max_hold = window, min_release, max_hold
         self.pending = ""
+        self.pieces: list[tuple[int, int]] = []  # spans of the pushed pieces in `pending`
         self.counts: Counter[str] = Counter()
         self.blocked: set[str] = set()
+
+    def add(self, text: str) -> None:
+        """Append a piece without releasing anything."""
+        if text:
+            self.pieces.append((len(self.pending), len(self.pending) + len(text)))
+            self.pending += text
+
+    def _findings(self) -> list:
+        """Findings on the joined text, and on each piece alone (an event's own text is never
+        scanned less than event by event: joining can glue a value to its neighbour)."""
+        found = list(self.analyze(self.pending))
+        for start, end in self.pieces:
+            if end - start >= 3 and (start, end) != (0, len(self.pending)):
+                found += [_shifted(f, start) for f in self.analyze(self.pending[start:end])]
+        return _merged(found) if len(self.pieces) > 1 else found
 
     def _candidate_cut(self) -> int:
         text = self.pending
@@ -63,6 +81,7 @@ class HoldBack:
 
     def _release(self, cut: int, findings: list) -> str:
         part, self.pending = self.pending[:cut], self.pending[cut:]
+        self.pieces = [(max(s, cut) - cut, e - cut) for s, e in self.pieces if e > cut]
         if not part:
             return ""
         new, counts, blocked = self.apply(part, [f for f in findings if f.end <= cut])
@@ -71,11 +90,11 @@ class HoldBack:
         return new
 
     def push(self, text: str) -> str:
-        self.pending += text
+        self.add(text)
         cut = self._candidate_cut()
         if cut == 0:
             return ""
-        findings = self.analyze(self.pending)
+        findings = self._findings()
         for _ in range(3):  # a finding and a keyword may each move the cut back
             before = cut
             for f in findings:
@@ -89,7 +108,28 @@ class HoldBack:
     def flush(self) -> str:
         if not self.pending:
             return ""
-        return self._release(len(self.pending), self.analyze(self.pending))
+        return self._release(len(self.pending), self._findings())
+
+
+def _shifted(f, offset: int, end: int | None = None):
+    new_end = f.end + offset if end is None else end
+    if dataclasses.is_dataclass(f):
+        return dataclasses.replace(f, start=f.start + offset, end=new_end)
+    g = copy.copy(f)
+    g.start, g.end = f.start + offset, new_end
+    return g
+
+
+def _merged(findings: list) -> list:
+    """Sorted, overlapping findings joined into one (the first one's type, the union span)."""
+    out: list = []
+    for f in sorted(findings, key=lambda f: (f.start, -f.end)):
+        if out and f.start < out[-1].end:
+            if f.end > out[-1].end:
+                out[-1] = _shifted(out[-1], 0, f.end)
+            continue
+        out.append(f)
+    return out
 
 
 _DELTA_FIELDS = {"text_delta": "text", "input_json_delta": "partial_json"}

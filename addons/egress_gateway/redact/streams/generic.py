@@ -53,7 +53,7 @@ class Item:
 class _Run:
     def __init__(self, hold, restorer: Restorer | None, item: Item, text: str) -> None:
         self.hold, self.restorer = hold, restorer
-        self.hold.pending = text
+        self.hold.add(text)
         self.count, self.last, self.type = 1, item, item.type
 
     def release(self, text: str) -> str:
@@ -142,7 +142,7 @@ class Reassembler:
                 if in_p:
                     self._set(p, key, run.release(run.hold.push(piece)))
                 else:
-                    run.hold.pending += piece
+                    run.hold.add(piece)
                 run.count += 1
                 run.last = item
             elif in_p:
