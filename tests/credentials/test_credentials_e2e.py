@@ -63,9 +63,30 @@ def messages_handler(record: dict):
     headers = {"Content-Type": "application/json", "request-id": "req_1"}
     if "echo" in text:
         key = record["headers"].get("authorization", "").removeprefix("Bearer ")
+        form = text.partition("echo-")[2].split()[0] if "echo-" in text else "literal"
+        key = ENCODED[form.removesuffix("-stream")](key)
         answer["content"] = [{"type": "text", "text": f"you sent {key}"}]
         headers["x-echo-key"] = key
+        if form.endswith("-stream"):  # the same answer as a server-sent event stream
+            headers["Content-Type"] = "text/event-stream"
+            return 200, headers, ("event: content_block_delta\ndata: " + json.dumps(
+                {"type": "content_block_delta", "index": 0,
+                 "delta": {"type": "text_delta", "text": f"you sent {key}"}}) + "\n\n").encode()
     return 200, headers, json.dumps(answer).encode()
+
+
+# Encoded forms of a value an upstream may echo (issue 16): each must reach the agent as the
+# same form of the placeholder.
+ENCODED = {
+    "literal": lambda v: v,
+    "hex": lambda v: v.encode().hex(),
+    "HEX": lambda v: v.encode().hex().upper(),
+    "base64": lambda v: base64.b64encode(v.encode()).decode(),
+    "base64url": lambda v: base64.urlsafe_b64encode(v.encode()).decode().rstrip("="),
+    "reversed": lambda v: v[::-1],
+    "spaced": lambda v: " ".join(v),
+    "dashed": lambda v: "-".join(v),
+}
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +215,38 @@ def test_echoed_key_is_replaced_by_the_placeholder(env):
     assert env["api"].requests[-1]["headers"]["authorization"] == f"Bearer {REAL}"  # echoed back
     assert_absent(web_snapshot(env), "mitmweb after an echo")
     assert_absent(env["gw"].log_path.read_bytes(), "the gateway log")
+
+
+@pytest.mark.parametrize("form", [f for f in ENCODED if f != "literal"]
+                         + ["hex-stream", "reversed-stream", "spaced-stream"])
+def test_echoed_key_in_an_encoded_form_becomes_that_form_of_the_placeholder(env, form):
+    gw, api = env["gw"], env["api"]
+    enc = ENCODED[form.removesuffix("-stream")]
+    with httpx.Client(proxy=gw.proxy, verify=ssl.create_default_context(cafile=gw.ca_cert)) as c:
+        r = c.post(f"https://{API}:{api.port}/v1/messages", headers={"Authorization": f"Bearer {PH}"},
+                   json={"model": "claude-test", "max_tokens": 8,
+                         "messages": [{"role": "user", "content": f"echo-{form} please"}]})
+    assert r.status_code == 200, r.text[:300]
+    assert api.requests[-1]["headers"]["authorization"] == f"Bearer {REAL}"
+    text = r.text
+    if form.endswith("-stream"):  # what the agent reads: the text deltas joined
+        text = "".join(json.loads(line[6:])["delta"]["text"] for line in r.text.splitlines()
+                       if line.startswith("data: "))
+    assert enc(REAL) not in text and enc(REAL) not in r.headers.get("x-echo-key", "")
+    assert enc(PH) in text, r.text[:300]
+    # (the real key's base64 has no padding: its placeholder form may keep or lose its "=")
+    assert r.headers["x-echo-key"].rstrip("=") == enc(PH).rstrip("=")
+
+
+@pytest.mark.parametrize("form", ["hex", "HEX", "reversed", "spaced", "base64"])
+def test_real_key_encoded_to_another_host_is_refused(env, form):
+    gw, other = env["gw"], env["other"]
+    before = len(other.requests)
+    with httpx.Client(proxy=gw.proxy, verify=ssl.create_default_context(cafile=gw.ca_cert)) as c:
+        r = c.post(f"https://{OTHER}:{other.port}/x",
+                   json={"note": f"k={ENCODED[form](REAL)}"})
+    assert r.status_code == 403 and r.headers["x-egress-gateway"] == "credential_leak", r.text
+    assert len(other.requests) == before
 
 
 @pytest.mark.parametrize("how", ["header", "url", "query", "body", "body-base64"])

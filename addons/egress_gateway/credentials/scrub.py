@@ -64,8 +64,11 @@ def scrub_headers(headers: http.Headers, pairs: list[tuple[bytes, bytes]]) -> in
 class ScrubStream:
     """Wraps a response's ``stream`` (True or a callable) and scrubs real values from it.
 
-    Holds back only a tail that could begin a real value (usually nothing), and returns a list
-    of chunks (possibly empty) rather than ``b""``, which would end a chunked response early.
+    Scrubs the bytes as the upstream sent them, *before* the inner callable (the redactor may
+    re-cut text deltas at word boundaries, which would split a spelled-out value across
+    events). Holds back only a tail that could begin a real value (usually nothing), and
+    returns a list of chunks (possibly empty) rather than ``b""``, which would end a chunked
+    response early.
     """
 
     def __init__(self, inner, pairs: list[tuple[bytes, bytes]], on_hit=None) -> None:
@@ -83,18 +86,24 @@ class ScrubStream:
                     break
         return longest
 
-    def __call__(self, chunk: bytes):
-        out = self.inner(chunk) if callable(self.inner) else chunk
+    def _inner(self, data: bytes) -> list[bytes]:
+        if not callable(self.inner):
+            return [data] if data else []
+        out = self.inner(data)
         parts = [out] if isinstance(out, bytes) else list(out)
-        data, n = scrub(self.buf + b"".join(parts), self.pairs)
+        return [p for p in parts if p]
+
+    def __call__(self, chunk: bytes):
+        data, n = scrub(self.buf + chunk, self.pairs)
         if n and self.on_hit:
             try:
                 self.on_hit(n)
             except Exception:  # a note must never break the stream
                 pass
-        if not chunk:  # end of the stream: flush everything
+        if not chunk:  # end of the stream: flush everything, then end the inner stream
             self.buf = b""
-            return [data] if data else []
+            out = self._inner(data) if data else []
+            return out + (self._inner(b"") if callable(self.inner) else [])
         hold = self._held(data)
         emit, self.buf = (data[:-hold], data[-hold:]) if hold else (data, b"")
-        return [emit] if emit else []
+        return self._inner(emit) if emit else []
