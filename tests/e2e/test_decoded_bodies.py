@@ -346,3 +346,15 @@ def test_real_binary_response_still_passes_by_policy(fresh):
     up.reply = _answer("image/png", png)
     r = httpx.get(f"http://{RAW}:{up.port}/img", proxy=gw.proxy, timeout=20)
     assert r.status_code == 200 and r.content == png
+
+
+# --- 5. SSE fields in a streamed response -------------------------------------------------------
+def test_streamed_response_comments_and_fields_reach_the_agent_redacted(fresh):
+    gw, up = fresh
+    payload = (f": note {SSN}\n\nid: {EMAIL}\nevent: {AWS}\ndata: hi\n\n"
+               f"x-note: {GH}\ndata: ok\n\n").encode()
+    up.reply = _answer("text/event-stream", payload)
+    r = httpx.get(f"http://{RAW}:{up.port}/stream", proxy=gw.proxy, timeout=20)
+    assert r.status_code == 200
+    assert decoded_leaks(r.content) == [], r.content[:300]
+    assert b"data: hi" in r.content and b"data: ok" in r.content

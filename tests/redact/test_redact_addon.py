@@ -267,8 +267,13 @@ def test_websocket_messages():
     f.websocket.messages.append(binary)
     run(r, lambda: r.websocket_message(f))
     assert binary.dropped  # requests: unsupported -> block
+    text_in_binary = WebSocketMessage(Opcode.BINARY, False, b"mail c@d.co")
+    f.websocket.messages.append(text_in_binary)
+    run(r, lambda: r.websocket_message(f))  # a binary frame that is text: scanned as text
+    assert text_in_binary.content == b"mail <EMAIL_ADDRESS>" and not text_in_binary.dropped
     assert f.metadata["gateway"]["redactions"] == {"request": {"EMAIL_ADDRESS": 1},
-                                                   "response": {"PEM_PRIVATE_KEY": 1}}
+                                                   "response": {"PEM_PRIVATE_KEY": 1,
+                                                                "EMAIL_ADDRESS": 1}}
 
 
 @pytest.mark.parametrize("args,ok", [

@@ -158,3 +158,18 @@ def test_stream_redactor_cuts_off_a_blocked_entity():
     out += collect(r(b""))
     assert b"example.com" not in out and b"egress_gateway_error" in out and b"PEM_PRIVATE_KEY" in out
     assert r.failed.startswith("blocked")
+
+
+@pytest.mark.parametrize("stream,expected", [
+    (b": mail eve@example.com\n\n", b": mail <EMAIL_ADDRESS>\n\n"),
+    (b"id: eve@example.com\ndata: hi\n\n", b"id: <EMAIL_ADDRESS>\ndata: hi\n\n"),
+    (b"event: eve@example.com\ndata: hi\n\n", b"event: <EMAIL_ADDRESS>\ndata: hi\n\n"),
+    (b"x-note: eve@example.com\n\n", b"x-note: <EMAIL_ADDRESS>\n\n"),
+    (b": ping\r\n\r\nevent: message\r\ndata: hi\r\n\r\n",
+     b": ping\r\n\r\nevent: message\r\ndata: hi\r\n\r\n"),
+], ids=["comment", "id", "event", "unknown-field", "clean-kept-byte-for-byte"])
+def test_stream_redactor_redacts_comments_and_other_fields(stream, expected):
+    """A response stream's comments and non-data fields reach the agent verbatim: redacted too."""
+    r = StreamRedactor(analyze, apply, redact_data)
+    out = collect(r(stream)) + collect(r(b""))
+    assert out == expected

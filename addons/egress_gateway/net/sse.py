@@ -131,14 +131,17 @@ class SSEParser:
         return ev if ev.lines else None
 
 
-def side_values(event: Event) -> list[str]:
+def side_values(event: Event, keep_data: bool = False) -> list:
     """The text of an event's lines other than ``data``: comments (after the colon) and the
     values of ``id``, ``event``, ``retry`` and unknown fields (which parsers ignore but which
-    reach whoever reads the raw stream)."""
-    out = []
+    reach whoever reads the raw stream). With `keep_data`, one entry per line (None for data
+    lines)."""
+    out: list = []
     for line in event.lines:
         name, _, value = line.partition(b":")
         if name == b"data":
+            if keep_data:
+                out.append(None)
             continue
         text = (value if line.startswith(b":") or value else name).decode("utf-8", "replace")
         out.append(text[1:] if text.startswith(" ") else text)

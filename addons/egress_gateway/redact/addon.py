@@ -603,7 +603,7 @@ class Redactor:
                 return
             rt, idx, rules = scanning
             out = Outcome()
-            if not msg.is_text:
+            if not msg.is_text and not bodies.binary_is_text(msg.content):
                 if policy_refusal("unsupported", rules.unsupported, "unsupported_content",
                                    "binary WebSocket message", out):
                     msg.drop()

@@ -94,6 +94,12 @@ def _sniff_text(data: bytes) -> bool:
     return controls <= len(sample) // 100
 
 
+def binary_is_text(data: bytes) -> bool:
+    """Bytes labelled binary (a content type, a WebSocket binary frame) that are UTF-8 text:
+    scanned as text, since whoever receives them can read them as such."""
+    return bool(data) and _sniff_text(data) and not charsets.compressed_magic(data)
+
+
 def content_kind(content_type: str | None, data: bytes) -> str:
     mime, _ = parse_content_type(content_type)
     if not mime:
@@ -444,7 +450,7 @@ def plan_part(job: TextJob, data: bytes, content_type: str | None, opts: Options
     if kind == "text":
         return plan_text(job, data, charset, opts)
     mime, _ = parse_content_type(content_type)
-    if _sniff_text(data) and not charsets.compressed_magic(data):
+    if binary_is_text(data):
         # labelled binary (octet-stream, image/png ...) but the bytes are text: scanned as text
         opts.notes.append(f"{mime or 'unlabelled'} content that is text scanned as text")
         return plan_text(job, data, None, opts)

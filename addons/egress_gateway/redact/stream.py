@@ -20,9 +20,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 
+from egress_gateway.net import sse
 from egress_gateway.net.sse import Event, SSEParser
 from egress_gateway.pseudonyms.restore import Restorer, restore_json
 from egress_gateway.redact.streams.generic import Item, Reassembler
@@ -35,6 +37,8 @@ Analyze = Callable[[str], list]
 Apply = Callable[[str, list], tuple[str, dict[str, int], set[str]]]
 # Redact one event's whole data payload: -> (new data, counts, blocked).
 RedactData = Callable[[str], tuple[str, dict[str, int], set[str]]]
+
+_WORD = re.compile(r"[A-Za-z_-]{1,64}")  # event names, "ping": nothing to find
 
 
 class HoldBack:
@@ -203,7 +207,27 @@ class StreamRedactor:
         self._count_restores()
         return self._delta_event(index, dtype, text) if text else b""
 
+    def _side_lines(self, ev: Event) -> Event:
+        """Comments and fields other than ``data`` (``id``, ``event``, unknown ones) reach the
+        agent verbatim: each is redacted like data (``sse.side_values``); an event in which
+        one changed is rebuilt with the new value (``\n`` line ends)."""
+        lines, changed = [], False
+        for line, text in zip(ev.lines, sse.side_values(ev, keep_data=True), strict=True):
+            if text is not None and len(text) >= 3 and not _WORD.fullmatch(text):
+                new, counts, blocked = self.redact_data(text)
+                self.counts.update(counts)
+                self.blocked |= blocked
+                if new != text:
+                    name = line.partition(b":")[0]
+                    line = (b": " if line.startswith(b":") else name + b": ") + new.encode()
+                    changed = True
+            lines.append(line)
+        if not changed:
+            return ev
+        return Event(lines=lines, event=ev.event, data_lines=ev.data_lines, complete=True)
+
     def _handle(self, ev: Event) -> bytes:
+        ev = self._side_lines(ev)
         if ev.only_comments or not ev.data_lines:
             return ev.raw()
         self.events += 1
