@@ -27,6 +27,7 @@ from collections.abc import Callable
 from egress_gateway.net import sse
 from egress_gateway.net.sse import Event, SSEParser
 from egress_gateway.pseudonyms.restore import Restorer, restore_json
+from egress_gateway.redact.streams import paths
 from egress_gateway.redact.streams.generic import Item, Reassembler
 from egress_gateway.redact.streams.keywords import guard
 
@@ -50,8 +51,9 @@ class HoldBack:
     """
 
     def __init__(self, analyze: Analyze, apply: Apply, window: int = 40, min_release: int = 24,
-                 max_hold: int = 4096) -> None:
+                 max_hold: int = 4096, per_piece: bool = False) -> None:
         self.analyze, self.apply = analyze, apply
+        self.per_piece = per_piece  # pieces that may be separate texts: scanned alone too
         self.window, self.min_release, self.max_hold = window, min_release, max_hold
         self.pending = ""
         self.pieces: list[tuple[int, int]] = []  # spans of the pushed pieces in `pending`
@@ -68,7 +70,7 @@ class HoldBack:
         """Findings on the joined text, and on each piece alone (an event's own text is never
         scanned less than event by event: joining can glue a value to its neighbour)."""
         found = list(self.analyze(self.pending))
-        for start, end in self.pieces:
+        for start, end in self.pieces if self.per_piece else ():
             if end - start >= 3 and (start, end) != (0, len(self.pending)):
                 found += [_shifted(f, start) for f in self.analyze(self.pending[start:end])]
         return _merged(found) if len(self.pieces) > 1 else found
@@ -153,8 +155,8 @@ class StreamRedactor:
         self.data_restorer = restorer("text") if restorer else None
         self.restored = self.unknown_tokens = 0
         # every other shape (OpenAI chat and Responses, NDJSON-like JSON, text data)
-        self.generic = Reassembler(lambda: HoldBack(analyze, apply, window), redact_data,
-                                   restorer)
+        self.generic = Reassembler(lambda key: HoldBack(
+            analyze, apply, window, per_piece=paths.separate_pieces(key)), redact_data, restorer)
         self.analyze, self.apply, self.window = analyze, apply, window
         self.redact_data = redact_data
         self.blocks: dict[int, tuple[HoldBack, str]] = {}  # index -> (hold-back, delta type)

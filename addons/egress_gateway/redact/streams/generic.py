@@ -65,7 +65,7 @@ class _Run:
 
 
 class Reassembler:
-    """See the module docstring. `make_hold()` builds a `HoldBack`; `restorer(context)` a
+    """See the module docstring. `make_hold(run key)` builds a `HoldBack`; `restorer(context)` a
     `Restorer` (restore rules); `redact_data(json_text)` redacts an event's labels."""
 
     def __init__(self, make_hold: Callable, redact_data: Callable,
@@ -159,7 +159,7 @@ class Reassembler:
             if key not in self.runs:
                 piece = paths.get(item.doc, loc) if loc else item.doc
                 context = "json" if paths.is_json_text(key) else "text"
-                self.runs[key] = _Run(self.make_hold(),
+                self.runs[key] = _Run(self.make_hold(key),
                                       self.restorer(context) if self.restorer else None,
                                       item, piece)
         out = before + (p.out() if p is not None else b"")

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from egress_gateway.redact.stream import Analyze, Apply, HoldBack, RedactData
+from egress_gateway.redact.streams import paths
 from egress_gateway.redact.streams.generic import Item, Reassembler
 
 MAX_LINE = 1 << 20
@@ -20,7 +21,8 @@ class NdjsonRedactor:
 
     def __init__(self, analyze: Analyze, apply: Apply, redact_data: RedactData,
                  window: int = 40, restorer: Callable | None = None) -> None:
-        self.re = Reassembler(lambda: HoldBack(analyze, apply, window), redact_data, restorer)
+        self.re = Reassembler(lambda key: HoldBack(
+            analyze, apply, window, per_piece=paths.separate_pieces(key)), redact_data, restorer)
         self.buf = b""
         self.events = 0
         self.failed: str | None = None

@@ -73,5 +73,17 @@ def put(doc: Any, loc: Loc, value: Any) -> Any:
     return doc
 
 
+# Leaves that known APIs stream as pieces of one text (a piece is a fragment, not a text)
+DELTA_KEYS = frozenset({"content", "text", "delta", "arguments", "partial_json", "thinking",
+                        "reasoning", "reasoning_content", "refusal", "output_text"})
+
+
+def separate_pieces(key: tuple) -> bool:
+    """True when each event's piece of this run may be a text of its own (text data, unknown
+    JSON keys): the hold-back then also scans every piece alone, since joining can glue a value
+    to its neighbour (``ann@example.com`` + ``plain text``)."""
+    return not key or key[-1] not in DELTA_KEYS
+
+
 def is_json_text(key: tuple) -> bool:
     return bool(key) and key[-1] in JSON_TEXT_KEYS
