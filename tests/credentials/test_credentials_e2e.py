@@ -163,7 +163,7 @@ def sdk_result(proc: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
-def in_flight(env, path_part: str, client, timeout: float = 10) -> dict:
+def in_flight(env, path_part: str, client, timeout: float = 40) -> dict:
     """Wait until mitmweb shows a flow to `path_part` that has no response yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -76,8 +76,14 @@ def test_invalid_json_is_scanned_as_text(env):
 def test_json_that_lies_about_its_content_type(env):
     gw, up = env
     n = len(up.requests)
+    # a binary label on bytes that read as text: scanned as the text it is (issue 16)
     r = post(gw, up, json.dumps({"to": EMAIL}).encode(), ctype="image/png")
-    refused(r, "unsupported_content", 415)  # binary types are not scanned: refused
+    (sent,) = upstream_saw(up, n)
+    assert r.status_code == 200 and EMAIL not in sent and "<EMAIL_ADDRESS>" in sent
+    n = len(up.requests)
+    # real binary under that label cannot be scanned: refused
+    r = post(gw, up, b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, ctype="image/png")
+    refused(r, "unsupported_content", 415)
     assert upstream_saw(up, n) == []
     r = post(gw, up, json.dumps({"to": EMAIL}).encode(), ctype="text/plain")
     (sent,) = upstream_saw(up, n)
