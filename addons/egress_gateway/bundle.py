@@ -14,6 +14,7 @@ from egress_gateway.credentials.addon import CredentialGuard, CredentialInjector
 from egress_gateway.egress.addon import Egress
 from egress_gateway.egress.upgrade import UpgradeGuard
 from egress_gateway.fleet.addon import Fleet
+from egress_gateway.limits.addon import Limits
 from egress_gateway.postgres.addon import Postgres
 from egress_gateway.recording.addon import Recorder
 from egress_gateway.redact.addon import Redactor
@@ -128,6 +129,10 @@ HOOKS: dict[str, dict[str, str]] = {
         "responseheaders": "wraps a streamed answer to an injected request with the scrubber",
         "error": "forgets the mark",
     },
+    "Limits": {
+        "request": "refuses what would take the session or the client address over a volume "
+                   "limit (429 rate_limited); counts the request as sent",
+    },
     "Postgres": {
         "configure": "adds one reverse:tcp listen mode per postgres entry; builds its engines",
         "next_layer": "gives a connection on an entry's port the PostgreSQL protocol layer",
@@ -196,4 +201,4 @@ def make_addons() -> list:
     shutdown = Shutdown(core, approvals, redactor, recorder, postgres)
     return [shutdown, core, Session(core.connections, SessionIdCheck(core)), CredentialGuard(core), egress,
             UpgradeGuard(core), HeaderScanner(core, redactor), redactor, fleet, approvals,
-            CredentialInjector(core), postgres, recorder, shutdown.finished, core.closer]
+            CredentialInjector(core), Limits(core), postgres, recorder, shutdown.finished, core.closer]

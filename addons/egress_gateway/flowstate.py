@@ -32,6 +32,7 @@ STATUS = {
     "gateway_unavailable": 503,
     "recording_failed": 503,
     "overloaded": 503,
+    "rate_limited": 429,
 }
 
 
@@ -85,6 +86,7 @@ class FlowState:
     credential = _Field("{name, injected} of the credential bound to the request, or a leak alert.")
     credential_echo = _Field("{where: n} real credential values scrubbed from the answer.")
     credential_scrubbed = _Field("True when a real value was scrubbed from the request.")
+    limit = _Field("{name, scope, measure, alert} of the volume limit that refused the flow.")
     # stopping
     shutdown = _Field("How the flow ended when the gateway stopped: drained, refused, "
                       "stream_ended or closed.")

@@ -12,6 +12,7 @@ from egress_gateway.approvals.settings import ApproveRules, ReviewSettings
 from egress_gateway.credentials.settings import Credentials
 from egress_gateway.detection.settings import DetectionSettings
 from egress_gateway.egress.settings import EgressSettings
+from egress_gateway.limits.settings import LimitsSection
 from egress_gateway.net import hosts
 from egress_gateway.postgres.settings import PostgresSection, check_references
 from egress_gateway.redact.settings import RedactSettings, check_entities
@@ -84,6 +85,11 @@ class Policy(_Model):
         default_factory=list,
         description="PostgreSQL databases agents reach through the gateway (one listening port "
         "each); the gateway logs in with its own credentials and masks result rows.",
+    )
+    limits: LimitsSection = Field(
+        default_factory=list,
+        description="Volume limits: requests and bytes sent upstream per minute, per session and "
+        "per client address (over a limit: 429 rate_limited).",
     )
 
     @model_validator(mode="after")
