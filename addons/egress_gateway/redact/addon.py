@@ -13,7 +13,9 @@ Per flow and direction (policy ``redact:``, read per flow so edits apply to new 
   seconds counted from when the scan was queued; an error or timeout refuses the flow
   (500 ``internal_error``), never forwards it; at most ``gateway_scan_queue`` scans wait or run
   at once, more are refused at once (503 ``overloaded``); a message with more new text than
-  ``gateway_scan_max_text`` characters is answered at once (the ``too_large`` action).
+  ``gateway_scan_max_text`` characters is answered at once (the ``too_large`` action);
+- response streams are analysed on the same pool (`streams.pooled`): each chunk within the
+  budget from when it arrived, or the stream ends with its error event.
 
 Visible, not leaky: ``flow.metadata["gateway"]["redactions"] = {"request": {ENTITY: n}, ...}``,
 a flow comment (``request: 2 EMAIL_ADDRESS``), a log line; counts and types only.
@@ -56,6 +58,7 @@ from egress_gateway.redact.scan import (
 )
 from egress_gateway.redact.stream import StreamRedactor
 from egress_gateway.redact.streams.ndjson import NdjsonRedactor
+from egress_gateway.redact.streams.pooled import PooledStream
 from egress_gateway.session import session_of
 from egress_gateway.shutdown import refuse_stopping
 
@@ -90,7 +93,7 @@ class Redactor:
         self.engine_factory = engine_factory or _default_engine_factory
         self.options = ScanOptions()
         self.pool: ThreadPoolExecutor | None = None
-        self._streams: dict[str, StreamRedactor] = {}  # flow id -> its stream redactor
+        self._streams: dict[str, PooledStream] = {}  # flow id -> its stream redactor
         self._unredacted_streams: set[str] = set()
         self._warm = False
         self.abandoned = False  # the gateway is stopping: no scan is awaited any more
@@ -239,6 +242,12 @@ class Redactor:
         scan.cancel()  # the worker itself ends within the scan's deadline
         cfut.cancel()
         raise ScansAbandoned
+
+    def _submit(self, fn: Callable[[], None]):
+        """A stream's job on the scan pool (`PooledStream`: one at a time per stream)."""
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="gateway-scan")
+        return self.pool.submit(fn)
 
     def abandon_scans(self) -> None:
         """The gateway is stopping: scans in flight and later ones raise ScansAbandoned, and
@@ -494,8 +503,9 @@ class Redactor:
             restorer = (lambda context: self.vaults.restorer(session, context)) if restore else None
             kind = StreamRedactor if mime == "text/event-stream" else NdjsonRedactor
             engine = rt.engine(idx, "response") if rules.enabled else None
-            self._streams[flow.id] = stream = self._stream_redactor(
-                engine, rules, session, restorer, {}, kind)
+            self._streams[flow.id] = stream = PooledStream(
+                self._stream_redactor(engine, rules, session, restorer, {}, kind),
+                self._submit, self.options.timeout)
             resp.stream = stream
             if "content-length" in resp.headers:  # the redacted stream has another length
                 del resp.headers["content-length"]
@@ -526,7 +536,7 @@ class Redactor:
 
         return kind(engine.analyze, apply, redact_data, restorer=restorer)
 
-    def _stream_done(self, flow: http.HTTPFlow, stream: StreamRedactor) -> None:
+    def _stream_done(self, flow: http.HTTPFlow, stream: PooledStream) -> None:
         out = Outcome(counts=Counter(stream.counts))
         self._record(flow, "response", out)
         st = state(flow)

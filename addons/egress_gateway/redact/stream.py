@@ -309,6 +309,13 @@ class StreamRedactor:
                 raise StreamBlocked
         return out
 
+    @staticmethod
+    def error_chunk(message: str) -> bytes:
+        """The SSE ``error`` event that ends a stream the gateway stopped."""
+        return b"event: error\ndata: " + json.dumps({
+            "type": "error", "error": {"type": "egress_gateway_error",
+                                       "message": message}}).encode() + b"\n\n"
+
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         if self.failed:
             return []
@@ -323,9 +330,7 @@ class StreamRedactor:
                 self.failed = f"{type(e).__name__}: {e}"
                 message = "the gateway stopped this stream: it could not be scanned"
             self.blocks.clear()
-            return [b"event: error\ndata: " + json.dumps({
-                "type": "error", "error": {"type": "egress_gateway_error",
-                                           "message": message}}).encode() + b"\n\n"]
+            return [self.error_chunk(message)]
         if not chunk:
             return out
         return [out] if out else []

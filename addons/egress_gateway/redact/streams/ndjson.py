@@ -76,5 +76,10 @@ class NdjsonRedactor:
             return [out] if out else []
         except Exception as e:  # fail closed: stop forwarding anything from this stream
             self.failed = f"{type(e).__name__}: {e}"
-            return [json.dumps({"error": {"type": "egress_gateway_error", "message":
-                                          "the gateway stopped this stream"}}).encode() + b"\n"]
+            return [self.error_chunk("the gateway stopped this stream")]
+
+    @staticmethod
+    def error_chunk(message: str) -> bytes:
+        """The NDJSON error line that ends a stream the gateway stopped."""
+        return json.dumps({"error": {"type": "egress_gateway_error",
+                                     "message": message}}).encode() + b"\n"
