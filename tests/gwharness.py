@@ -5,7 +5,9 @@ Everything here binds and dials 127.0.0.1 only.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import http.client
 import ipaddress
 import json
 import os
@@ -225,3 +227,53 @@ def policy_yaml(allow: list[dict], resolve: dict | None = None, mode: str = "enf
     doc = {"version": 1, "egress": {"mode": mode, "allow": allow, "resolve": resolve or {}}}
     doc.update(sections)
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+# --- a proxy client from a chosen loopback address -----------------------------------------
+class Resp:
+    def __init__(self, status: int, headers, body: bytes) -> None:
+        self.status_code, self.headers, self.content = status, headers, body
+        self.text = body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class ProxyClient:
+    """A proxy client connecting to the gateway from the loopback address `source` (http.client:
+    httpx/httpcore drop the source address when they talk to a proxy)."""
+
+    def __init__(self, gw, source: str, session_auth: str | None = None) -> None:
+        self.gw, self.source = gw, source
+        self.auth = {}
+        if session_auth:
+            self.auth["Proxy-Authorization"] = "Basic " + base64.b64encode(
+                f"{session_auth}:x".encode()).decode()
+
+    def __enter__(self):
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.gw.port, timeout=30,
+                                               source_address=(self.source, 0))
+        return self
+
+    def __exit__(self, *exc):
+        self.conn.close()
+
+    def request(self, method: str, url: str, content: bytes | None = None, headers=None) -> Resp:
+        self.conn.request(method, url, body=content, headers={**self.auth, **(headers or {})})
+        r = self.conn.getresponse()
+        body = r.read()
+        assert self.conn.sock is None or self.conn.sock.getsockname()[0] == self.source
+        return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, body)
+
+    def get(self, url: str, **kw) -> Resp:
+        return self.request("GET", url, **kw)
+
+    def post(self, url: str, **kw) -> Resp:
+        return self.request("POST", url, **kw)
+
+
+def upstream_size(rec: dict) -> int:
+    """What the upstream received: request line, headers and body."""
+    head = f"{rec['method']} {rec['path']} HTTP/1.1\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in rec["headers"].items()) + "\r\n"
+    return len(head.encode()) + len(rec["body"].encode())

@@ -131,7 +131,8 @@ HOOKS: dict[str, dict[str, str]] = {
     },
     "Limits": {
         "request": "refuses what would take the session or the client address over a volume "
-                   "limit (429 rate_limited); counts the request as sent",
+                   "limit (429 rate_limited); counts the request as sent (in a fleet: charged "
+                   "in the store; store unreachable: 503 state_unavailable)",
     },
     "Postgres": {
         "configure": "adds one reverse:tcp listen mode per postgres entry; builds its engines",
@@ -201,4 +202,4 @@ def make_addons() -> list:
     shutdown = Shutdown(core, approvals, redactor, recorder, postgres)
     return [shutdown, core, Session(core.connections, SessionIdCheck(core)), CredentialGuard(core), egress,
             UpgradeGuard(core), HeaderScanner(core, redactor), redactor, fleet, approvals,
-            CredentialInjector(core), Limits(core), postgres, recorder, shutdown.finished, core.closer]
+            CredentialInjector(core), Limits(core, fleet), postgres, recorder, shutdown.finished, core.closer]

@@ -33,6 +33,7 @@ STATUS = {
     "recording_failed": 503,
     "overloaded": 503,
     "rate_limited": 429,
+    "state_unavailable": 503,
 }
 
 

@@ -3,12 +3,8 @@ records every request it receives; clients on several loopback source addresses 
 
 from __future__ import annotations
 
-import base64
-import http.client
-import json
-
 import pytest
-from gwharness import Gateway, Upstream, policy_yaml
+from gwharness import Gateway, ProxyClient, Upstream, policy_yaml, upstream_size
 
 BYTES_LIMIT = 4000
 RPM = 5
@@ -31,60 +27,11 @@ def lim(tmp_path_factory, confdir):
         up.close()
 
 
-class Resp:
-    def __init__(self, status: int, headers, body: bytes) -> None:
-        self.status_code, self.headers, self.content = status, headers, body
-        self.text = body.decode("utf-8", "replace")
-
-    def json(self):
-        return json.loads(self.content)
-
-
-class client:
-    """A proxy client connecting to the gateway from the loopback address `source` (http.client:
-    httpx/httpcore drop the source address when they talk to a proxy)."""
-
-    def __init__(self, gw, source: str, session_auth: str | None = None) -> None:
-        self.gw, self.source = gw, source
-        self.auth = {}
-        if session_auth:
-            self.auth["Proxy-Authorization"] = "Basic " + base64.b64encode(
-                f"{session_auth}:x".encode()).decode()
-
-    def __enter__(self):
-        self.conn = http.client.HTTPConnection("127.0.0.1", self.gw.port, timeout=30,
-                                               source_address=(self.source, 0))
-        return self
-
-    def __exit__(self, *exc):
-        self.conn.close()
-
-    def request(self, method: str, url: str, content: bytes | None = None, headers=None) -> Resp:
-        self.conn.request(method, url, body=content, headers={**self.auth, **(headers or {})})
-        r = self.conn.getresponse()
-        body = r.read()
-        assert self.conn.sock is None or self.conn.sock.getsockname()[0] == self.source
-        return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, body)
-
-    def get(self, url: str, **kw) -> Resp:
-        return self.request("GET", url, **kw)
-
-    def post(self, url: str, **kw) -> Resp:
-        return self.request("POST", url, **kw)
-
-
-def upstream_size(rec: dict) -> int:
-    """What the upstream received: request line, headers and body."""
-    head = f"{rec['method']} {rec['path']} HTTP/1.1\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in rec["headers"].items()) + "\r\n"
-    return len(head.encode()) + len(rec["body"].encode())
-
-
 def received(up, marker: str) -> list[dict]:
     return [r for r in up.requests if marker in r["path"]]
 
 
-def assert_limited(r: Resp, limit: str, scope: str, measure: str) -> dict:
+def assert_limited(r, limit: str, scope: str, measure: str) -> dict:
     assert r.status_code == 429, r.text
     assert r.headers["x-egress-gateway"] == "rate_limited"
     assert 1 <= int(r.headers["retry-after"]) <= 60
@@ -98,7 +45,7 @@ def assert_limited(r: Resp, limit: str, scope: str, measure: str) -> dict:
 def test_bytes_limit_upstream_gets_no_more_than_the_limit_plus_one_request(lim):
     gw, up = lim
     codes = []
-    with client(gw, "127.0.0.11") as c:
+    with ProxyClient(gw, "127.0.0.11") as c:
         for i in range(20):
             r = c.post(f"http://api.bytes.test:{up.port}/drain-b/{i}", content=b"A" * 500,
                        headers={"X-Agent-Session": "e2e-bytes"})
@@ -120,7 +67,7 @@ def test_bytes_limit_upstream_gets_no_more_than_the_limit_plus_one_request(lim):
 
 def test_rotating_session_ids_from_one_address_is_limited(lim):
     gw, up = lim
-    with client(gw, "127.0.0.12") as c:
+    with ProxyClient(gw, "127.0.0.12") as c:
         rs = [c.get(f"http://api.reqs.test:{up.port}/rotate/{i}",
                     headers={"X-Agent-Session": f"rot-{i}"}) for i in range(RPM + 3)]
     assert [r.status_code for r in rs[:RPM]] == [200] * RPM
@@ -131,7 +78,7 @@ def test_rotating_session_ids_from_one_address_is_limited(lim):
 
 def test_one_session_from_several_addresses_is_limited(lim):
     gw, up = lim
-    a, b = client(gw, "127.0.0.13"), client(gw, "127.0.0.14")
+    a, b = ProxyClient(gw, "127.0.0.13"), ProxyClient(gw, "127.0.0.14")
     with a, b:
         rs = [(a if i % 2 else b).get(f"http://api.reqs.test:{up.port}/hop/{i}",
                                       headers={"X-Agent-Session": "hopper"}) for i in range(RPM + 2)]
@@ -145,7 +92,7 @@ def test_proxy_authorization_session_and_unlimited_hosts(lim):
     """The session from Proxy-Authorization counts the same; a destination no limit names
     (an IP literal here) is not limited."""
     gw, up = lim
-    with client(gw, "127.0.0.15", session_auth="pa-sess") as c:
+    with ProxyClient(gw, "127.0.0.15", session_auth="pa-sess") as c:
         rs = [c.get(f"http://api.reqs.test:{up.port}/pa/{i}") for i in range(RPM + 1)]
         free = [c.get(f"http://127.0.0.1:{up.port}/free/{i}") for i in range(RPM + 3)]
     assert_limited(rs[-1], "reqs", "session", "requests")

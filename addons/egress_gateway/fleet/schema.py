@@ -1,6 +1,6 @@
 """The store's tables, created and migrated by the gateway (one version per step, in order).
 
-Issue 23 adds the pseudonym vault and volume counters as further steps of `MIGRATIONS`.
+Step 3 holds the volume limits' counters (``gateway_counters``, ``gateway_charge``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,39 @@ CREATE TABLE gateway_audit_heads (   -- each instance's audit chain head, checkp
     updated timestamptz NOT NULL DEFAULT now()
 );
 """),
+    (3, """
+CREATE TABLE gateway_counters (      -- volume limits: per (limit, key, second, instance)
+    rule text NOT NULL,              -- the limit's name
+    key text NOT NULL,               -- session:<id> or client:<address>
+    second bigint NOT NULL,          -- unix time, whole seconds
+    instance text NOT NULL,
+    requests bigint NOT NULL,
+    bytes bigint NOT NULL,
+    PRIMARY KEY (rule, key, second, instance)
+);
+CREATE INDEX gateway_counters_age ON gateway_counters (second);
+-- charge one request of p_bytes to every (rule, key), then return their buckets since p_since
+-- (every instance's, this request included): one round trip, in one transaction
+CREATE FUNCTION gateway_charge(p_instance text, p_rules text[], p_keys text[], p_second bigint,
+                               p_bytes bigint, p_since bigint)
+RETURNS TABLE (o_rule text, o_key text, o_second bigint, o_requests bigint, o_bytes bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO gateway_counters AS c (rule, key, second, instance, requests, bytes)
+        SELECT u.r, u.k, p_second, p_instance, 1, p_bytes FROM unnest(p_rules, p_keys) AS u(r, k)
+        ON CONFLICT ON CONSTRAINT gateway_counters_pkey
+        DO UPDATE SET requests = c.requests + 1, bytes = c.bytes + EXCLUDED.bytes;
+    RETURN QUERY
+        SELECT c.rule, c.key, c.second, sum(c.requests)::bigint, sum(c.bytes)::bigint
+          FROM gateway_counters c JOIN unnest(p_rules, p_keys) AS u(r, k)
+            ON c.rule = u.r AND c.key = u.k
+         WHERE c.second >= p_since
+         GROUP BY c.rule, c.key, c.second;
+END
+$$;
+"""),
 ]
+COUNTERS_KEEP_SECONDS = 120  # counter rows older than this are deleted (the window is 60 s)
 HEAD_SECONDS = 5.0  # how often an instance checkpoints its audit chain's head to the store
 LATEST = MIGRATIONS[-1][0]
 

@@ -216,3 +216,36 @@ class Store:
             log.warning(f"egress gateway: could not end hold {flow_id} in the review store")
             self._down(e)
             await self._close()
+
+    # --- volume limits ------------------------------------------------------------------------
+    async def charge(self, pairs: list[tuple[str, str]], second: int, size: int,
+                     since: int) -> list[tuple[str, str, int, int, int]]:
+        """Count one request of `size` bytes for every (limit, key); returns their buckets since
+        `since` on every instance, this request included. Raises StoreDown."""
+        rows = await self._counters(
+            "SELECT * FROM gateway_charge(%s, %s, %s, %s, %s, %s)",
+            (self.instance, [p[0] for p in pairs], [p[1] for p in pairs], second, size, since))
+        return [(r, k, int(s), int(n), int(b)) for r, k, s, n, b in rows]
+
+    async def refund(self, pairs: list[tuple[str, str]], second: int, size: int) -> None:
+        """Take back a charge (the request was refused)."""
+        await self._counters(
+            "UPDATE gateway_counters SET requests = requests - 1, bytes = bytes - %s "
+            "WHERE instance = %s AND second = %s AND (rule, key) IN "
+            "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+            (size, self.instance, second, [p[0] for p in pairs], [p[1] for p in pairs]))
+
+    async def prune_counters(self, before: int) -> None:
+        await self._counters("DELETE FROM gateway_counters WHERE second < %s", (before,))
+
+    async def _counters(self, sql: str, args: tuple) -> list:
+        if not self.up or self._cmd is None:
+            raise StoreDown(f"the fleet's store {self.url.display} is unreachable")
+        try:
+            async with self._lock:
+                cur = await self._cmd.execute(sql, args)
+                return await cur.fetchall() if cur.description else []
+        except Exception as e:
+            self._down(e)
+            await self._close()
+            raise StoreDown(f"the fleet's store {self.url.display} is unreachable") from None

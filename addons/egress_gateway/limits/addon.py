@@ -4,7 +4,13 @@
 checks every limit whose hosts match against two keys, the flow's session and its client
 address, so an agent rotating session ids from one address is limited too. Over a limit:
 ``429 rate_limited`` with ``Retry-After``, audited as an alert; nothing is counted for a
-refused request. The counters are in-process (see `counters`).
+refused request.
+
+Alone, the counters are in-process (see `counters`). In a fleet (``gateway_state``) the store
+holds them: each request under a limit is charged there and checked against every instance's
+buckets in one round trip (`Store.charge`), so a session or an address over a limit is refused
+on every instance from its next request; a refused request's charge is taken back. Store
+unreachable: requests under a limit are refused ``503 state_unavailable`` until it is back.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from mitmproxy import http
 from mitmproxy.net.http.http1 import assemble
 
 from egress_gateway import session
+from egress_gateway.fleet.schema import COUNTERS_KEEP_SECONDS
+from egress_gateway.fleet.store import StoreDown
 from egress_gateway.flowstate import refuse, settled, state
 from egress_gateway.limits import window
 from egress_gateway.limits.counters import Counters
@@ -47,8 +55,9 @@ def compile_limits(policy) -> tuple:
 class Limits:
     """Refuses what would take a session or a client address over a volume limit."""
 
-    def __init__(self, core, clock=time.time) -> None:
+    def __init__(self, core, fleet=None, clock=time.time) -> None:
         self.core = core
+        self.fleet = fleet  # its store holds the counters of a fleet
         self.clock = clock
         self.counters = Counters()
         self._pruned = 0.0
@@ -58,7 +67,7 @@ class Limits:
         compiled = self.core.compiled
         return compiled["limits"] if compiled is not None and "limits" in compiled else ()
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if settled(flow):
             return
         try:
@@ -67,19 +76,57 @@ class Limits:
             rules = [r for r in self._rules() if r.applies_to(host)]
             if not rules:
                 return
-            self._enforce(flow, rules)
+            keys = (("session", f"session:{session.session_of(flow)}"),
+                    ("client", f"client:{client_address(flow)}"))
+            store = self.fleet.store if self.fleet is not None else None
+            if store is None:
+                self._enforce(flow, rules, keys)
+            else:
+                await self._enforce_shared(flow, rules, keys, store)
+        except StoreDown as e:
+            log.warning(f"egress gateway refused a request under a volume limit: {e}")
+            refuse(flow, "state_unavailable", f"{e}: volume limits cannot be enforced across "
+                   "the fleet without it; retry when it is back")
         except Exception as e:
             log.exception("egress gateway: internal error in limits (request)")
             refuse(flow, "internal_error", f"egress gateway internal error: {type(e).__name__}")
 
-    def _enforce(self, flow: http.HTTPFlow, rules: list) -> None:
+    async def _enforce_shared(self, flow: http.HTTPFlow, rules: list, keys, store) -> None:
+        """Charge the store first, then check every instance's buckets (this request taken
+        out); over a limit: refund and refuse. Concurrent requests on other instances may see
+        each other's charges: both are then refused, never both let through."""
+        now = self.clock()
+        second = window.second_of(now)
+        size = wire_size(flow.request)
+        pairs = [(rule.name, key) for rule in rules for _, key in keys]
+        if now - self._pruned > PRUNE_SECONDS:
+            self._pruned = now
+            await store.prune_counters(second - COUNTERS_KEEP_SECONDS)
+        rows = await store.charge(pairs, second, size, second - window.WINDOW + 1)
+        buckets: dict[tuple[str, str], dict] = {p: {} for p in pairs}
+        for rule_name, key, s, n, b in rows:
+            buckets.setdefault((rule_name, key), {})[s] = (n, b)
+        for rule in rules:
+            for scope, key in keys:
+                mine = buckets[(rule.name, key)]
+                n, b = mine.get(second, (1, size))
+                mine[second] = (n - 1, b - size)  # the window without this request
+                over = window.check(mine, now, size, rule.requests_per_minute,
+                                    rule.bytes_out_per_minute)
+                if over is not None:
+                    try:
+                        await store.refund(pairs, second, size)
+                    except StoreDown:
+                        pass  # counted against the agent: errs on the side of refusing
+                    self._refuse(flow, rule, scope, over)
+                    return
+
+    def _enforce(self, flow: http.HTTPFlow, rules: list, keys) -> None:
         now = self.clock()
         if now - self._pruned > PRUNE_SECONDS:
             self.counters.prune(now)
             self._pruned = now
         size = wire_size(flow.request)
-        keys = (("session", f"session:{session.session_of(flow)}"),
-                ("client", f"client:{client_address(flow)}"))
         for rule in rules:
             for scope, key in keys:
                 over = window.check(self.counters.view(rule.name, key), now, size,
