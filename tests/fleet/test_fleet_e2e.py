@@ -137,7 +137,7 @@ def test_webhook_reaches_the_receiver_without_values(fleet):
     assert len(fleet.hook.requests) == before
 
 
-def test_approve_always_applies_to_that_session_and_rule_on_the_holding_instance(fleet):
+def test_approve_always_applies_to_that_session_and_rule_on_every_instance(fleet):
     fut = fleet.send("gw-b", "POST", "/admin/always-1", session="s-always")
     row = fleet.wait_held("/admin/always-1", "gw-b")
     res = fleet.cli("approve", "--always", row["id"], "--state", fleet.state_url())
@@ -147,6 +147,13 @@ def test_approve_always_applies_to_that_session_and_rule_on_the_holding_instance
     r, _ = fleet.send("gw-b", "POST", "/admin/always-2", session="s-always").result(10)
     assert r.status_code == 200
     assert audit_for(fleet.gw["gw-b"], "/admin/always-2")["approval"]["decided_by"] == "always"
+    # ... and on the other instances (the decision is shared through the store)
+    for name in ("gw-a", "gw-c"):
+        r, _ = fleet.send(name, "POST", f"/admin/always-on-{name}", session="s-always").result(10)
+        assert r.status_code == 200, r.text
+        line = audit_for(fleet.gw[name], f"/admin/always-on-{name}")["approval"]
+        assert (line["decided_by"], line["held"]) == ("always", False)
+    assert fleet.sql("SELECT count(*) FROM gateway_holds WHERE path LIKE '/admin/always-on-%'") == "0"
     # another session on gw-b is held again
     fut3 = fleet.send("gw-b", "POST", "/admin/always-3", session="s-other")
     row3 = fleet.wait_held("/admin/always-3", "gw-b")

@@ -145,7 +145,7 @@ class Approvals:
         if rule is None:
             return
         sess = session.session_of(flow)
-        if (sess, rule) in self.always:
+        if (sess, rule) in self.always or await self._always_in_store(sess, rule):
             self._record(flow, rule, "approved", "always", 0.0, held=False)
             return
         if not self.reviewer_possible():
@@ -155,6 +155,20 @@ class Approvals:
                 self._deny(flow, rule, "no reviewer can approve it (unattended)")
             return
         await self._hold(flow, rule, counts, sess)
+
+    async def _always_in_store(self, sess: str, rule: ApproveRule) -> bool:
+        """An "approve always" decided on another instance of the fleet (remembered here once
+        seen). Store unreachable: False (the hold that follows is then denied)."""
+        store = self.fleet.store if self._queued() else None
+        if store is None:
+            return False
+        try:
+            found = await store.has_always(sess, rule.name, rule.key)
+        except StoreDown:
+            return False
+        if found:
+            self.always.add(sess, rule)
+        return found
 
     async def _hold(self, flow: http.HTTPFlow, rule: ApproveRule, counts: dict, sess: str) -> None:
         hold = Hold(flow, rule, {k: v for k, v in counts.items() if v})
@@ -210,6 +224,12 @@ class Approvals:
             return
         if always:
             self.always.add(sess, rule)
+            if store is not None:
+                try:
+                    await store.add_always(sess, rule.name, rule.key, by)
+                except StoreDown:
+                    log.warning("egress gateway: could not share an 'approve always' decision "
+                                "with the fleet (store unreachable); it applies on this instance")
         self._record(flow, rule, "approved", by, waited, always=always or None)
         if store is not None:
             await store.end(flow.id, "approved", by)

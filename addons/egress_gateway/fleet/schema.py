@@ -1,6 +1,7 @@
 """The store's tables, created and migrated by the gateway (one version per step, in order).
 
-Step 3 holds the volume limits' counters (``gateway_counters``, ``gateway_charge``).
+Step 3 holds the volume limits' counters (``gateway_counters``, ``gateway_charge``); step 4 the
+"approve always" decisions every instance applies (``gateway_always``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,17 @@ BEGIN
          GROUP BY c.rule, c.key, c.second;
 END
 $$;
+"""),
+    (4, """
+CREATE TABLE gateway_always (        -- "approve always": a session and a rule (its content key)
+    session text NOT NULL,
+    rule text NOT NULL,
+    rule_key text NOT NULL,          -- a changed rule needs a new decision
+    decided_by text NOT NULL,
+    instance text NOT NULL,          -- where it was decided
+    created timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (session, rule, rule_key)
+);
 """),
 ]
 COUNTERS_KEEP_SECONDS = 120  # counter rows older than this are deleted (the window is 60 s)

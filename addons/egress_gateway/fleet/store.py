@@ -217,28 +217,43 @@ class Store:
             self._down(e)
             await self._close()
 
+    # --- "approve always" ---------------------------------------------------------------------
+    async def add_always(self, session: str, rule: str, rule_key: str, decided_by: str) -> None:
+        """Share an "approve always" decision with every instance. Raises StoreDown."""
+        await self._query(
+            "INSERT INTO gateway_always (session, rule, rule_key, decided_by, instance) VALUES "
+            "(%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (session, rule, rule_key, decided_by, self.instance))
+
+    async def has_always(self, session: str, rule: str, rule_key: str) -> bool:
+        """Whether any instance approved this session and rule always. Raises StoreDown."""
+        rows = await self._query(
+            "SELECT 1 FROM gateway_always WHERE session = %s AND rule = %s AND rule_key = %s",
+            (session, rule, rule_key))
+        return bool(rows)
+
     # --- volume limits ------------------------------------------------------------------------
     async def charge(self, pairs: list[tuple[str, str]], second: int, size: int,
                      since: int) -> list[tuple[str, str, int, int, int]]:
         """Count one request of `size` bytes for every (limit, key); returns their buckets since
         `since` on every instance, this request included. Raises StoreDown."""
-        rows = await self._counters(
+        rows = await self._query(
             "SELECT * FROM gateway_charge(%s, %s, %s, %s, %s, %s)",
             (self.instance, [p[0] for p in pairs], [p[1] for p in pairs], second, size, since))
         return [(r, k, int(s), int(n), int(b)) for r, k, s, n, b in rows]
 
     async def refund(self, pairs: list[tuple[str, str]], second: int, size: int) -> None:
         """Take back a charge (the request was refused)."""
-        await self._counters(
+        await self._query(
             "UPDATE gateway_counters SET requests = requests - 1, bytes = bytes - %s "
             "WHERE instance = %s AND second = %s AND (rule, key) IN "
             "(SELECT * FROM unnest(%s::text[], %s::text[]))",
             (size, self.instance, second, [p[0] for p in pairs], [p[1] for p in pairs]))
 
     async def prune_counters(self, before: int) -> None:
-        await self._counters("DELETE FROM gateway_counters WHERE second < %s", (before,))
+        await self._query("DELETE FROM gateway_counters WHERE second < %s", (before,))
 
-    async def _counters(self, sql: str, args: tuple) -> list:
+    async def _query(self, sql: str, args: tuple) -> list:
         if not self.up or self._cmd is None:
             raise StoreDown(f"the fleet's store {self.url.display} is unreachable")
         try:
