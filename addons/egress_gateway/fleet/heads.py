@@ -30,3 +30,20 @@ def check_head(audit_path: Path, seq: int, head: str) -> str | None:
             return (f"line seq {seq} does not have the hash the store checkpointed "
                     "(the log was rewritten)")
     return f"the log ends before seq {seq}, which the store checkpointed (lines were cut)"
+
+
+def store_heads(state_url: str) -> dict[str, dict]:
+    """instance -> {log, seq, hash, alg, updated} from the store."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from egress_gateway.fleet.settings import parse_state_url
+
+    url = parse_state_url(state_url)
+    with psycopg.connect(**url.conninfo(application_name="egress-gateway-verify"),
+                         row_factory=dict_row) as conn:
+        if conn.execute("SELECT to_regclass('gateway_audit_heads') AS t").fetchone()["t"] is None:
+            return {}
+        rows = conn.execute("SELECT instance, log, seq, hash, alg, updated::text AS updated "
+                            "FROM gateway_audit_heads").fetchall()
+    return {r["instance"]: r for r in rows}
