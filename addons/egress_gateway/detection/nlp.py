@@ -154,21 +154,73 @@ class SharedNlp:
         )
         self.anonymizer = AnonymizerEngine()
         self.lock = threading.Lock()  # spaCy is not thread-safe: one call at a time
+        self._waiting: list[_NerJob] = []  # NER texts of callers waiting for the lock
+        self._waiting_lock = threading.Lock()
 
     def artifacts(self, texts: list[str], ner: list[bool]) -> list[NlpArtifacts]:
+        """Presidio's artifacts per text (spaCy NER where `ner` says so, tokens only else).
+
+        NER texts of concurrent callers go through one ``nlp.pipe`` (group commit): whoever
+        takes the lock runs the waiting texts of everyone, up to `NER_BATCH_CHARS`. spaCy's
+        NER costs ~3x less per text in a batch than called alone, and nobody waits for a batch
+        to fill (alone, a caller's batch is its own texts)."""
         out: list[NlpArtifacts | None] = [None] * len(texts)
+        idx = [i for i, flag in enumerate(ner) if flag]
+        if idx:
+            job = _NerJob([texts[i] for i in idx])
+            with self._waiting_lock:
+                self._waiting.append(job)
+            while not job.done:
+                with self.lock:
+                    if not job.done:
+                        self._run_waiting()
+            if job.error is not None:
+                raise job.error
+            for i, art in zip(idx, job.artifacts, strict=True):
+                out[i] = art
         with self.lock:
-            idx = [i for i, flag in enumerate(ner) if flag]
-            if idx:
-                docs = self.nlp.pipe((texts[i] for i in idx), batch_size=64)
-                for i, doc in zip(idx, docs, strict=True):
-                    out[i] = self.nlp_engine._doc_to_nlp_artifact(doc, "en")
             for i, flag in enumerate(ner):
                 if not flag:
                     out[i] = self.nlp_engine._doc_to_nlp_artifact(
                         self.nlp.make_doc(texts[i]), "en"
                     )
         return out  # type: ignore[return-value]
+
+    def _run_waiting(self) -> None:
+        """Under `lock`: NER on the oldest waiting jobs, together (at least one job)."""
+        with self._waiting_lock:
+            batch, size = [], 0
+            while self._waiting and (not batch or size + self._waiting[0].size <= NER_BATCH_CHARS):
+                job = self._waiting.pop(0)
+                batch.append(job)
+                size += job.size
+        try:
+            docs = iter(self.nlp.pipe((t for job in batch for t in job.texts), batch_size=64))
+            for job in batch:
+                job.artifacts = [self.nlp_engine._doc_to_nlp_artifact(next(docs), "en")
+                                 for _ in job.texts]
+        except BaseException as e:  # every caller of the batch sees the failure
+            for job in batch:
+                job.error = e
+        finally:
+            for job in batch:
+                job.done = True
+
+
+NER_BATCH_CHARS = 16_000  # characters of NER text one batch of concurrent callers may hold
+
+
+class _NerJob:
+    """One caller's NER texts waiting for a batch."""
+
+    __slots__ = ("artifacts", "done", "error", "size", "texts")
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.size = sum(len(t) for t in texts)
+        self.artifacts: list[NlpArtifacts] = []
+        self.done = False
+        self.error: BaseException | None = None
 
 
 _heavy: dict[str, SharedNlp] = {}  # per model; only the models some policy selected are loaded
