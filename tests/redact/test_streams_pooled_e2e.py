@@ -78,10 +78,10 @@ class SseStub:
                 for ev in evs:
                     conn.sendall(f"{len(ev):x}\r\n".encode() + ev + b"\r\n")
                     time.sleep(GAP if path == "/slow" else 0.02)
+                self.finished[path] = time.monotonic()  # before the end: the client's end follows
                 conn.sendall(b"0\r\n\r\n")
             except OSError:
                 pass
-            self.finished[path] = time.monotonic()
 
     def close(self):
         self.sock.close()
