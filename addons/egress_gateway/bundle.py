@@ -90,9 +90,11 @@ HOOKS: dict[str, dict[str, str]] = {
                 "gateway_scan_queue, gateway_scan_max_text and "
                 "the restore vault's options (gateway_vault_key_env, _ttl, _file)",
         "configure": "starts the scan pool; builds the policy's detection engines; creates the "
-                     "restore vault (a restore rule without its key stops start-up)",
+                     "restore vault (in the fleet's store with gateway_state; a restore "
+                     "rule without its key stops start-up)",
         "requestheaders": "refuses a declared over-limit body before it is buffered",
-        "request": "redacts the request's body, query and path (restore rules: into tokens)",
+        "request": "redacts the request's body, query and path (restore rules: into tokens; "
+                   "their vault in the fleet's store unreachable: 503 state_unavailable)",
         "responseheaders": "wraps server-sent events with the streaming redactor",
         "response": "redacts the response body, then restores a restore rule's tokens (or "
                     "closes a redacted stream)",
@@ -185,6 +187,8 @@ def make_addons() -> list:
     # sees placeholders).
     # The fleet's store (gateway_state) is the review queue of every instance.
     fleet = Fleet(core)
+    # with gateway_state the restore vault lives in the store: usable while the store is up
+    redactor.vaults.healthy = lambda: fleet.store is not None and fleet.store.up
     approvals = Approvals(core, egress, redactor, fleet=fleet)
     # Session first (refusals carry it). Credentials: the guard before egress (its hooks are
     # synchronous: leaks are refused and real values scrubbed before any hook awaits and mitmweb

@@ -1,7 +1,8 @@
 """The store's tables, created and migrated by the gateway (one version per step, in order).
 
 Step 3 holds the volume limits' counters (``gateway_counters``, ``gateway_charge``); step 4 the
-"approve always" decisions every instance applies (``gateway_always``).
+"approve always" decisions every instance applies (``gateway_always``); step 5 the restore
+vault (``gateway_vault``: values encrypted under a key derived from the vault key, never clear).
 """
 
 from __future__ import annotations
@@ -91,6 +92,17 @@ CREATE TABLE gateway_always (        -- "approve always": a session and a rule (
     created timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (session, rule, rule_key)
 );
+"""),
+    (5, """
+CREATE TABLE gateway_vault (         -- restore pseudonyms (pseudonyms.pgvault): (session, token)
+    session text NOT NULL,
+    token text NOT NULL,
+    value bytea NOT NULL,            -- nonce + AES-256-GCM(derived key, value, session NUL token)
+    created timestamptz NOT NULL DEFAULT now(),
+    used timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (session, token)
+);
+CREATE INDEX gateway_vault_used ON gateway_vault (used);
 """),
 ]
 COUNTERS_KEEP_SECONDS = 120  # counter rows older than this are deleted (the window is 60 s)

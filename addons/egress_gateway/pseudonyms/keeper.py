@@ -5,6 +5,9 @@
 ``gateway_vault_ttl``: seconds a session's values live after its last use.
 ``gateway_vault_file``: keep the vault across restarts, encrypted with a key derived from the
 vault key (empty: in memory only).
+With ``gateway_state`` set (a fleet) the vault lives in the store (``pgvault.StoreVault``, the
+memory vault as its write-through cache) and ``gateway_vault_file`` is not used; while the store
+is unreachable restore flows are refused ``503 state_unavailable``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
+from egress_gateway.pseudonyms.pgvault import StoreVault
 from egress_gateway.pseudonyms.restore import Restorer
 from egress_gateway.pseudonyms.vault import MemoryVault
 
@@ -36,9 +40,15 @@ class VaultKeeper:
 
     OPTIONS = ("gateway_vault_key_env", "gateway_vault_ttl", "gateway_vault_file")
 
-    def __init__(self) -> None:
-        self.vault: MemoryVault | None = None
+    def __init__(self, healthy=None) -> None:
+        self.vault: MemoryVault | StoreVault | None = None
         self.file = ""
+        self.state = ""  # gateway_state when the vault lives in the store
+        self.healthy = healthy or (lambda: True)  # the fleet's store is up
+
+    @property
+    def shared(self) -> bool:
+        return isinstance(self.vault, StoreVault)
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -68,15 +78,40 @@ class VaultKeeper:
         if not key:
             raise ValueError(f"a redact rule uses restore, but the vault key is missing: set the "
                              f"environment variable {env} (option gateway_vault_key_env)")
-        if self.vault is None or self.vault.key != key:
-            self.vault = MemoryVault(key, ttl=ttl)
+        state = getattr(options, "gateway_state", "").strip()
+        if self.vault is None or self.vault.key != key or state != self.state:
+            self.close()
+            self.vault = self._store_vault(state, key, ttl) if state else MemoryVault(key, ttl=ttl)
+            self.state = state
         self.vault.ttl = ttl
-        self.file = options.gateway_vault_file
+        self.file = "" if state else options.gateway_vault_file
         if self.file and os.path.exists(self.file):
             n = self.vault.load(self.file)
             log.info(f"egress gateway: restore vault loaded ({n} sessions)")
 
+    def _store_vault(self, state: str, key: bytes, ttl: float) -> StoreVault:
+        from egress_gateway.fleet.settings import parse_state_url
+
+        url = parse_state_url(state)  # ValueError: named by the fleet addon too
+
+        def connect():
+            import psycopg
+
+            return psycopg.connect(**url.conninfo(options="-c statement_timeout=5000"),
+                                   autocommit=True)
+        return StoreVault(key, connect, url.display, ttl=ttl, healthy=self.healthy)
+
+    def close(self) -> None:
+        if isinstance(self.vault, StoreVault):
+            self.vault.close()
+
+    def check(self) -> None:
+        """Raises StoreDown when the vault lives in an unreachable store."""
+        if isinstance(self.vault, StoreVault):
+            self.vault.check()
+
     def done(self) -> None:
+        self.close()
         if self.vault is not None and self.file:
             try:
                 self.vault.save(self.file)

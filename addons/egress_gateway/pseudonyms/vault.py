@@ -76,6 +76,25 @@ class MemoryVault:
             self._bound(s)
             return token
 
+    def cached(self, session: str, entity: str, norm: str) -> str | None:
+        """The token already given to (entity, normalised value) in `session`, if cached."""
+        with self._lock:
+            s = self._session(session, create=False)
+            token = None if s is None else s.by_norm.get((entity, norm))
+            if token is not None:
+                s.values.move_to_end(token)
+            return token
+
+    def put(self, session: str, entity: str, norm: str, token: str, value: str) -> None:
+        """Cache a (token, value) known elsewhere (a store backend's write-through cache)."""
+        with self._lock:
+            s = self._session(session, create=True)
+            if token not in s.values:
+                self._total += 1
+            s.values[token] = value
+            s.by_norm[(entity, norm)] = token
+            self._bound(s)
+
     def lookup(self, session: str, token: str) -> str | None:
         with self._lock:
             s = self._session(session, create=False)

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from mitmproxy import ctx, exceptions, http
 
 from egress_gateway.detection.engine import DeadlineExceeded, deadline
+from egress_gateway.fleet.store import StoreDown
 from egress_gateway.flowstate import refuse, settled, state
 from egress_gateway.pseudonyms.keeper import VaultKeeper
 from egress_gateway.pseudonyms.restore import restore_message
@@ -304,6 +305,11 @@ class Redactor:
             log.warning(f"egress gateway: scan queue full; refusing the {direction} (overloaded)")
             refuse(flow, "overloaded", reason, direction=direction)
             return
+        if isinstance(e, StoreDown):
+            log.warning(f"egress gateway refused a restore flow: {e}")
+            refuse(flow, "state_unavailable", f"{e}: the session's restore values live there; "
+                   "retry when it is back", direction=direction)
+            return
         if isinstance(e, TimeoutError):
             reason = (f"scanning the {direction} exceeded the time budget of "
                       f"{self.options.timeout:g} s")
@@ -471,6 +477,7 @@ class Redactor:
         if settled(flow):
             return
         try:
+            self._check_vault(flow)
             await self._scan_http(flow, "request")
         except Exception as e:  # TimeoutError included
             self._fail(flow, "request", e)
@@ -560,11 +567,21 @@ class Redactor:
         try:
             await self._scan_http(flow, "response")
             if not state(flow).refused:
-                self._restore_response(flow)
+                await self._restore_response(flow)
         except Exception as e:
             self._fail(flow, "response", e)
 
     # --- reversible pseudonyms ----------------------------------------------------------
+    def _check_vault(self, flow: http.HTTPFlow) -> None:
+        """A flow under a restore rule (either way) while the store holding the vault is
+        unreachable: StoreDown (refused before it leaves, not after the answer came back)."""
+        if not self.vaults.shared:
+            return
+        rt = self.runtime()
+        if rt.enabled and any(rt.restores(rt.for_flow(flow.request.host, flow.request.path, d)[0])
+                              for d in ("request", "response")):
+            self.vaults.check()
+
     def _record_restore(self, flow, restored: int, unknown: int) -> None:
         st = state(flow)
         if restored:
@@ -574,7 +591,7 @@ class Redactor:
             log.info(f"egress gateway left {unknown} unknown restore token(s) in the response "
                      f"from {flow.request.pretty_host}")
 
-    def _restore_response(self, flow: http.HTTPFlow) -> None:
+    async def _restore_response(self, flow: http.HTTPFlow) -> None:
         """A restore rule's buffered response: the session's tokens replaced by its values
         (after redaction: a restored value is never masked again)."""
         rt = self.runtime()
@@ -589,7 +606,11 @@ class Redactor:
         if text is None:
             return
         kind = bodies.content_kind(resp.headers.get("content-type"), raw)
-        new, restored, unknown = restore_message(text, kind, self.vaults.lookup(session_of(flow)))
+        lookup = self.vaults.lookup(session_of(flow))
+        if self.vaults.shared:  # lookups may ask the store: off the event loop
+            new, restored, unknown = await self._run(lambda: restore_message(text, kind, lookup))
+        else:
+            new, restored, unknown = restore_message(text, kind, lookup)
         self._record_restore(flow, restored, unknown)
         if new is not None:
             resp.text = new
