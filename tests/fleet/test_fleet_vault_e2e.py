@@ -140,6 +140,34 @@ def test_store_latency_of_the_vault(vfleet):
     b.close()
 
 
+def test_request_latency_with_the_store(vfleet):
+    """Prints per-request latency through a gateway of restore flows: a value already cached
+    (no round trip), a new value (one write), a token first seen on another instance (one
+    lookup); the differences are what the store adds. Figures from a loaded machine."""
+    f = vfleet
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        r = fn()
+        assert r.status_code == 200, r.text
+        return (time.perf_counter() - t0) * 1000
+
+    cached, new, cold = [], [], []
+    assert send(f, "va-a", "lat", f"hot {EMAIL}").status_code == 200
+    for i in range(60):
+        cached.append(timed(lambda: send(f, "va-a", "lat", f"hot {EMAIL}")))
+        value = f"lat{i}@example.com"
+        new.append(timed(lambda v=value: send(f, "va-a", "lat", f"new {v}")))
+        token = TOKEN.search(f.upstream.requests[-1]["body"]).group(0)
+        cold.append(timed(lambda t=token: send(f, "va-b", "lat", "hi", say=t)))
+        assert f.upstream.requests[-1]["headers"]["x-say"] == token
+    for name, xs in (("cached value", cached), ("new value (store write)", new),
+                     ("token from another instance (store read)", cold)):
+        xs = sorted(xs[5:])
+        print(f"\nrestore request, {name}: median {statistics.median(xs):.1f} ms, "
+              f"p99 {xs[int(len(xs) * 0.99) - 1]:.1f} ms (loaded machine)")
+
+
 def test_store_outage_refuses_restore_flows_then_recovers(vfleet):
     f, up = vfleet, vfleet.upstream
     f.stop_store()
