@@ -157,3 +157,24 @@ def test_multipart_plain_headers_are_not_findings():
     new, job = run(_mp(b'; filename="report-2025.pdf"', part_ct=b"Content-Type: text/plain\r\n"),
                    MP)
     assert not job.refused and new is None
+
+
+BINARY_CASES = [
+    # name, text, binary?
+    ("one DEL as a whole JSON string", '"\x7f"', False),
+    ("three controls in a short text", "\x01\x02\x03", False),
+    ("four controls, mostly", "\x01\x02\x03\x04a", True),
+    ("many controls in long text, under 10%", "\x01" * 5 + "a" * 100, False),
+    ("many controls, over 10%", "\x01" * 20 + "a" * 100, True),
+    ("tabs and line ends are text", "\t\n\r\f" * 10, False),
+    ("DEL and C1 are legal raw in JSON strings", '"\x7f\x7f ann@example.com \x85\x7f"', False),
+    ("NULs", "\x00" * 10 + "abc", True),
+]
+
+
+@pytest.mark.parametrize("text,binary", [c[1:] for c in BINARY_CASES],
+                         ids=[c[0] for c in BINARY_CASES])
+def test_looks_binary(text, binary):
+    from egress_gateway.redact.charsets import looks_binary
+
+    assert looks_binary(text) is binary

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import codecs as pycodecs
 
-#: More than this share of C0/C1 control characters (other than tab, line ends, form feed)
+#: More than this share of C0 control characters (other than tab, line ends, form feed)
 #: makes a reading binary.
 MAX_CONTROL_RATIO = 0.10
+#: ... and at least this many of them: a short text with one DEL (``"\x7f"`` as a JSON body)
+#: is text, scanned as such (scanning is the safe side of the call).
+MIN_CONTROL_CHARS = 4
 _PROBE = "azAZ09 @.:/-_\"{}=%&+"
 
 _MAGIC = (
@@ -38,11 +41,17 @@ class NotText(ValueError):
     """The bytes are not text in any charset the gateway can stand behind."""
 
 
-def control_ratio(text: str) -> float:
-    if not text:
-        return 0.0
-    n = sum(1 for c in text if (ord(c) < 32 and c not in "\t\n\r\f") or 0x7F <= ord(c) < 0xA0)
-    return n / len(text)
+def _controls(text: str) -> int:
+    """C0 control characters other than tab, line ends and form feed. DEL and C1 are not
+    counted: JSON allows them raw in strings (``json.dumps(..., ensure_ascii=False)`` writes
+    them), and binary bytes that decode as UTF-8 show C0 (NULs above all)."""
+    return sum(1 for c in text if ord(c) < 32 and c not in "\t\n\r\f")
+
+
+def looks_binary(text: str) -> bool:
+    """Mostly control characters: more than MAX_CONTROL_RATIO, and at least MIN_CONTROL_CHARS."""
+    n = _controls(text)
+    return n >= MIN_CONTROL_CHARS and n / len(text) > MAX_CONTROL_RATIO
 
 
 def compressed_magic(data: bytes) -> str | None:
@@ -83,7 +92,7 @@ def read(data: bytes, declared: str | None) -> tuple[str, str, list[str]]:
             alt = data.decode("utf-8")
         except UnicodeDecodeError:
             pass
-        if alt is not None and control_ratio(alt) > MAX_CONTROL_RATIO:
+        if alt is not None and looks_binary(alt):
             alt = None
     try:
         text = data.decode(cs)
@@ -92,7 +101,7 @@ def read(data: bytes, declared: str | None) -> tuple[str, str, list[str]]:
             return alt, "utf-8", []
         raise NotText(f"body is not valid {cs} text") from None
     others = [alt] if alt is not None and alt != text else []
-    if control_ratio(text) > MAX_CONTROL_RATIO and not others:
+    if looks_binary(text) and not others:
         raise NotText(f"bytes read as {cs} are mostly control characters (binary)")
     return text, cs, others
 
