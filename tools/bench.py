@@ -213,8 +213,8 @@ class Proc:
     def proxy(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def peak_rss_mb(self) -> float:
-        """VmHWM of the process and its children, summed (MB)."""
+    def pids(self) -> list[int]:
+        """The process and its children (the scan worker processes)."""
         pids = [self.proc.pid]
         try:
             out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
@@ -222,7 +222,24 @@ class Proc:
             pids += [int(p) for p in out]
         except OSError:
             pass
-        return sum(_status_kb(pid, "VmHWM") or 0 for pid in pids) / 1024
+        return pids
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM of the process and its children, summed (MB)."""
+        return sum(_status_kb(pid, "VmHWM") or 0 for pid in self.pids()) / 1024
+
+    def pss_mb(self) -> float:
+        """Proportional set size of the process and its children, summed (MB): what they
+        take together, shared pages counted once."""
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total / 1024
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -231,6 +248,9 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self._fh.close()
+
+
+SCAN_WORKERS = 2  # the gateways' gateway_scan_workers (--scan-workers)
 
 
 def start_proxies(tmp: Path, upstream_port: int, which: list[str]) -> dict[str, Proc]:
@@ -262,7 +282,8 @@ def start_proxies(tmp: Path, upstream_port: int, which: list[str]) -> dict[str, 
         procs[name] = Proc(name, [str(REPO_ROOT / "run_gateway.sh"), "-p", str(port),
                                   "--set", f"gateway_policy={path}",
                                   "--set", f"gateway_audit_log={tmp / (name + '-audit.jsonl')}",
-                                  *recording_args(tmp / name), *common],
+                                  *recording_args(tmp / name), *common,
+                                  "--set", f"gateway_scan_workers={SCAN_WORKERS}"],
                            port, "gateway ready", tmp / f"{name}.log")
     return procs
 
@@ -377,7 +398,7 @@ def stage_profile(n: int) -> dict:
                 spent[name] += time.perf_counter() - t0
         return wrapper
 
-    heavy, analyzer = engine._heavy, engine._analyzer
+    heavy, analyzer = engine._heavy, engine._backend._analyzer
     orig_art, orig_an = heavy.artifacts, analyzer.analyze
     heavy.artifacts = timed("spacy", orig_art)
     analyzer.analyze = timed("presidio", orig_an)
@@ -621,6 +642,7 @@ def run_load(args) -> dict:
     url = f"http://{HOST}:{up_port}/v1/messages"
     refused_url = f"http://blocked.test.example:{up_port}/v1/messages"
     rss_start = _rss_mb(gw.proc.pid)
+    pss_start, n_procs = gw.pss_mb(), len(gw.pids())
     lock = threading.Lock()
     lat: list[float] = []
     counts = {"allowed": 0, "pii": 0, "refused": 0}
@@ -659,6 +681,7 @@ def run_load(args) -> dict:
         t.join()
     elapsed = time.perf_counter() - t_start
     rss_end = _rss_mb(gw.proc.pid)
+    pss_end = gw.pss_mb()
     peak = gw.peak_rss_mb()
     stats = httpx.get(f"http://127.0.0.1:{up_port}/stats", timeout=10).json()
     gw.stop()  # a clean shutdown writes the audit checkpoint
@@ -676,6 +699,8 @@ def run_load(args) -> dict:
         "latency_ms": {"p50": round(pct(lat, 0.5), 1), "p95": round(pct(lat, 0.95), 1),
                        "p99": round(pct(lat, 0.99), 1), "max": round(max(lat), 1) if lat else None},
         "rss_mb": {"start": round(rss_start, 1), "end": round(rss_end, 1), "peak": round(peak, 1)},
+        "all_processes": {"count": n_procs, "pss_start_mb": round(pss_start, 1),
+                          "pss_end_mb": round(pss_end, 1)},
         "upstream": {"requests": stats["requests"] - 1, "raw_pii_bodies": stats["raw_pii"]},
         "audit": {"http_lines": len(http_lines), "recorded": res.flows, "verify_ok": res.ok,
                   "problems": res.problems[:3]},
@@ -704,7 +729,10 @@ def print_load(r: dict) -> None:
     la = r["latency_ms"]
     print(f"  latency p50 {la['p50']} ms, p95 {la['p95']} ms, p99 {la['p99']} ms, max {la['max']} ms")
     m = r["rss_mb"]
-    print(f"  gateway memory: start {m['start']} MB, end {m['end']} MB, peak {m['peak']} MB")
+    a = r["all_processes"]
+    print(f"  gateway process RSS: start {m['start']} MB, end {m['end']} MB; all {a['count']} "
+          f"processes: PSS start {a['pss_start_mb']} MB, end {a['pss_end_mb']} MB, peak RSS "
+          f"summed {m['peak']} MB")
     u, a = r["upstream"], r["audit"]
     print(f"  upstream received {u['requests']} requests, {u['raw_pii_bodies']} with raw PII")
     print(f"  audit: {a['http_lines']} flow lines, {a['recorded']} recorded flows, "
@@ -758,9 +786,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--duration", type=float, default=60, help="--load: seconds (60)")
     ap.add_argument("--restore", action="store_true",
                     help="restore off vs on: added latency and time to first text delta")
+    ap.add_argument("--scan-workers", type=int, default=2,
+                    help="the gateways' gateway_scan_workers (2; 0: analysis in the gateway process)")
     ap.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--sse-events", type=int, default=200, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    global SCAN_WORKERS
+    SCAN_WORKERS = args.scan_workers
     if args.serve_upstream:
         asyncio.run(_serve(args.serve_upstream, args.sse_events, 0.005))
         return 0

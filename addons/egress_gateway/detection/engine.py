@@ -1,8 +1,9 @@
 """The detection engine: analysis and redaction under one ``DetectionSettings``, thread-safe.
 
-The spaCy model and Presidio's NLP engine are shared by all engines of a process
-(``nlp.py``); an engine owns its recognizer registry (``recognizers/``), its findings cache
-(``findings.py``) and its operators (``operators.py``).
+An engine owns its findings cache (``findings.py``) and its operators (``operators.py``); its
+heavy half, the recognizer registry (``recognizers/``) over the process's spaCy model
+(``nlp.py``), is a `chunkanalysis.ChunkAnalyzer` in this process or in each scan worker
+process (``workers.py``: then this process loads neither Presidio nor spaCy).
 
 Pipeline for one text (``DetectionEngine.analyze``):
 
@@ -29,163 +30,88 @@ Pipeline for one text (``DetectionEngine.analyze``):
 
 from __future__ import annotations
 
-import os
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
 
-# Presidio's e-mail/URL recognizers use tldextract, which otherwise downloads the public
-# suffix list on first use. Must be set before presidio is imported.
-os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
-
-import logging  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult  # noqa: E402
-from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer  # noqa: E402
-
-from egress_gateway.detection import decode  # noqa: E402
-from egress_gateway.detection import operators as ops  # noqa: E402
-from egress_gateway.detection.chunks import headline_copy, looks_like_prose, split_chunks  # noqa: E402
-from egress_gateway.detection.entities import NER_ENTITIES  # noqa: E402
-from egress_gateway.detection.fields import (  # noqa: E402
+from egress_gateway.detection import decode, workers
+from egress_gateway.detection import operators as ops
+from egress_gateway.detection.budget import (  # noqa: F401 - re-exported for callers
+    DeadlineExceeded,
+    TextOverBudget,
+    check_deadline,
+    deadline,
+    spend_fresh,
+)
+from egress_gateway.detection.chunks import headline_copy, looks_like_prose, split_chunks
+from egress_gateway.detection.entities import DEFAULT_NER_ALLOW_LIST, NER_ENTITIES
+from egress_gateway.detection.fields import (
     FieldContext,
     FieldText,
     apply_field,
     key_words,
 )
-from egress_gateway.detection.findings import (  # noqa: E402
+from egress_gateway.detection.findings import (
     Finding,
     FindingsCache,
     TextResult,
     merge_findings,
 )
-from egress_gateway.detection.nlp import get_heavy  # noqa: E402
-from egress_gateway.detection.recognizers import (  # noqa: E402
-    DEFAULT_NER_ALLOW_LIST,
-    PemPrivateKeyRecognizer,
-    build_recognizers,
-)
-from egress_gateway.detection.settings import DetectionSettings, HashOperator  # noqa: E402
+from egress_gateway.detection.rewrite import rewrite
+from egress_gateway.detection.settings import DetectionSettings, HashOperator
 
 logger = logging.getLogger(__name__)
 
 # (entity, value) -> the restore token that replaces it (pseudonyms.vault)
 Tokenize = Callable[[str, str], str]
 
-_engines: dict[str, DetectionEngine] = {}  # per settings (JSON)
+_engines: dict[tuple, DetectionEngine] = {}  # per (settings JSON, scan worker pool)
 _engines_lock = threading.Lock()
 _pseudonyms: ops.PseudonymStore | None = None
 
 
-class DeadlineExceeded(TimeoutError):
-    """The caller's time budget ran out between two analysis batches (see `deadline`)."""
-
-
-class TextOverBudget(ValueError):
-    """A message carries more new text (not in the findings cache) than its scan may analyse
-    within the time budget (see `deadline`): refused before any of it is analysed."""
-
-
-_local = threading.local()
-
-
-class deadline:  # noqa: N801 - used as a context manager, like contextlib's
-    """``with deadline(seconds): engine.redact_many(...)`` in a worker thread: analysis stops
-    between batches once the budget is spent (the caller has already refused the flow; the
-    thread must not keep the pool busy for minutes).
-
-    ``at``: an absolute ``time.monotonic()`` instead (the budget started when the flow was
-    queued, not when a worker picked it up). ``max_fresh``: characters of uncached text the
-    calls inside may analyse together; more raises `TextOverBudget` before analysing any.
-    """
-
-    def __init__(self, seconds: float | None = None, at: float | None = None,
-                 max_fresh: int | None = None) -> None:
-        self.at = at if at is not None else time.monotonic() + (seconds or 0.0)
-        self.max_fresh = max_fresh
-
-    def __enter__(self) -> deadline:
-        self.prev = (getattr(_local, "deadline", None), getattr(_local, "fresh_left", None))
-        _local.deadline = self.at
-        _local.fresh_left = self.max_fresh
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _local.deadline, _local.fresh_left = self.prev
-
-
-def _check_deadline() -> None:
-    at = getattr(_local, "deadline", None)
-    if at is not None and time.monotonic() > at:
-        raise DeadlineExceeded("analysis stopped: the time budget is spent")
-
-
-def _spend_fresh(chars: int) -> None:
-    left = getattr(_local, "fresh_left", None)
-    if left is None:
-        return
-    if chars > left:
-        raise TextOverBudget(f"the message carries more new text than the gateway scans within "
-                             f"its time budget ({chars} characters to analyse, at most {left} "
-                             f"more allowed: gateway_scan_max_text)")
-    _local.fresh_left = left - chars
-
-
-ANALYSIS_BATCH = 2  # chunks analysed together: 200 KB peaks at ~220 MB (8: 380, 64: 560)
+_check_deadline = check_deadline  # older names
+_spend_fresh = spend_fresh
 
 
 class DetectionEngine:
     """Detection and redaction under one ``DetectionSettings``.
 
-    ``DetectionEngine.get(settings)`` returns a cached engine; the spaCy model, Presidio NLP
-    engine and anonymizer are built once per process and shared by all engines, only the
-    (cheap) recognizer registry is per settings. Safe to call from a thread pool.
+    ``DetectionEngine.get(settings)`` returns a cached engine. Its heavy half (recognizers,
+    Presidio, spaCy: `chunkanalysis.ChunkAnalyzer`) runs in this process, or in the scan
+    worker processes while a pool runs (``workers.py``); the findings cache, planning, merging
+    and rewriting stay here. Safe to call from a thread pool.
     """
 
     @classmethod
     def get(cls, settings: DetectionSettings | None = None) -> DetectionEngine:
         settings = settings or DetectionSettings()
-        key = settings.model_dump_json()
+        pool = workers.current()
+        key = (settings.model_dump_json(), pool.generation if pool is not None else 0)
         with _engines_lock:
             engine = _engines.get(key)
         if engine is None:
-            engine = cls(settings)
+            engine = cls(settings, pool)
             with _engines_lock:
                 engine = _engines.setdefault(key, engine)
                 while len(_engines) > 16:  # policy reloads: keep the newest few
                     _engines.pop(next(iter(_engines)))
         return engine
 
-    def __init__(self, settings: DetectionSettings) -> None:
+    def __init__(self, settings: DetectionSettings,
+                 pool: workers.WorkerPool | None = None) -> None:
         global _pseudonyms
         self.settings = settings
         self.cache = FindingsCache()
-        self._heavy = get_heavy(settings.model)
         self.entities = settings.active_entities()
-        registry = RecognizerRegistry(supported_languages=["en"])
-        for r in build_recognizers(
-            settings, self.entities, self._heavy.common_words, self._heavy.english_words
-        ):
-            registry.add_recognizer(r)
         self._ner_entities = sorted(self.entities & NER_ENTITIES)
-        self._chunk_entities = sorted(self.entities - {"PEM_PRIVATE_KEY"})
-        self._analyzer = (
-            AnalyzerEngine(
-                registry=registry,
-                nlp_engine=self._heavy.nlp_engine,
-                supported_languages=["en"],
-                context_aware_enhancer=LemmaContextAwareEnhancer(
-                    context_similarity_factor=0.35,
-                    min_score_with_context_similarity=0.4,
-                    context_prefix_count=6,
-                    context_suffix_count=3,
-                ),
-            )
-            if registry.recognizers
-            else None
-        )
-        self._pem = PemPrivateKeyRecognizer() if "PEM_PRIVATE_KEY" in self.entities else None
+        if pool is None:  # Presidio and spaCy in this process
+            from egress_gateway.detection.chunkanalysis import ChunkAnalyzer
+
+            self._backend = ChunkAnalyzer(settings)
+        else:  # in the scan worker processes (built there now)
+            self._backend = _Remote(pool, settings)
         self._allow = set(settings.allow_list)
         self._allow_ci = {a.casefold() for a in settings.allow_list} | set(DEFAULT_NER_ALLOW_LIST)
         uses_hash = any(
@@ -201,6 +127,11 @@ class DetectionEngine:
                 _pseudonyms.max_sessions = settings.pseudonym_max_sessions
                 _pseudonyms.max_values = settings.pseudonym_max_values
         self._pseudonyms = _pseudonyms
+
+    @property
+    def _heavy(self):
+        """The spaCy model and Presidio NLP engine analysis uses here (in-process only)."""
+        return self._backend._heavy
 
     # -- analysis -------------------------------------------------------------------------
 
@@ -246,7 +177,7 @@ class DetectionEngine:
                 keys[i] = key
                 todo.append(i)
         if todo:
-            _spend_fresh(sum(len(texts[i]) for i in todo))
+            spend_fresh(sum(len(texts[i]) for i in todo))
             found = self._analyze_uncached([texts[i] for i in todo], prose)
             for i, findings in zip(todo, found, strict=True):
                 out[i] = findings
@@ -264,37 +195,23 @@ class DetectionEngine:
         texts = texts + [v.text for _, v in views]
         fields = fields + [fields[i] for i, _ in views]
         s = self.settings
-        jobs: list[tuple[int, int, str]] = []  # (text index, offset, chunk)
+        where: list[tuple[int, int]] = []  # per job: (text index, offset of its chunk)
+        jobs: list[tuple] = []  # chunkanalysis.Job: (chunk, NER text, NER?, context words)
         for i, text in enumerate(texts):
-            jobs += [(i, off, c) for off, c in split_chunks(text, s.chunk_size, s.chunk_overlap)]
+            context = tuple(key_words(fields[i].key)) if fields[i] else None
+            for off, c in split_chunks(text, s.chunk_size, s.chunk_overlap):
+                headline = headline_copy(c) if self._use_ner(c, True) and prose is None else None
+                jobs.append((c, headline or c, bool(headline) or self._use_ner(c, prose), context))
+                where.append((i, off))
+        pem_idx = ([i for i, t in enumerate(texts) if "PRIVATE KEY" in t]
+                   if "PEM_PRIVATE_KEY" in self.entities else [])
         raw: list[list[Finding]] = [[] for _ in texts]
-        if self._analyzer is not None and jobs:
-            # A bounded number of chunks at a time: spaCy docs and Presidio's artifacts of a
-            # 200 KB body all alive at once took ~400 MB more than one batch does.
-            for b in range(0, len(jobs), ANALYSIS_BATCH):
-                _check_deadline()
-                batch = jobs[b:b + ANALYSIS_BATCH]
-                ner_texts, ner_flags = [], []
-                for _, _, c in batch:
-                    headline = headline_copy(c) if self._use_ner(c, True) and prose is None else None
-                    ner_texts.append(headline or c)
-                    ner_flags.append(bool(headline) or self._use_ner(c, prose))
-                arts = self._heavy.artifacts(ner_texts, ner_flags)
-                for (i, off, chunk), art in zip(batch, arts, strict=True):
-                    results = self._analyzer.analyze(
-                        chunk,
-                        language="en",
-                        entities=self._chunk_entities,
-                        nlp_artifacts=art,
-                        score_threshold=0.0,
-                        allow_list=list(self._allow) or None,
-                        context=list(key_words(fields[i].key)) if fields[i] else None,
-                    )
-                    raw[i] += self._keep(chunk, results, off)
-        if self._pem is not None:
-            for i, text in enumerate(texts):
-                if "PRIVATE KEY" in text:
-                    raw[i] += self._keep(text, self._pem.analyze(text, ["PEM_PRIVATE_KEY"]), 0)
+        if jobs or pem_idx:
+            found, pem = self._backend.run(jobs, [texts[i] for i in pem_idx])
+            for (i, off), got in zip(where, found, strict=True):
+                raw[i] += [Finding(e, a + off, b + off, score) for e, a, b, score in got]
+            for i, got in zip(pem_idx, pem, strict=True):
+                raw[i] += [Finding(*f) for f in got]
         for j, (i, v) in enumerate(views):
             raw[i] += [Finding(f.entity_type, *v.span(f.start, f.end), f.score) for f in raw[n + j]]
         texts, fields, raw = texts[:n], fields[:n], raw[:n]
@@ -302,21 +219,6 @@ class DetectionEngine:
             if ctx is not None and texts[i].strip().casefold() not in self._allow_ci:
                 raw[i] = apply_field(texts[i], raw[i], ctx, self.entities)
         return [merge_findings(r) for r in raw]
-
-    def _keep(self, text: str, results: list[RecognizerResult], offset: int) -> list[Finding]:
-        kept = []
-        for r in results:
-            if r.entity_type not in self.entities or r.score < self.settings.threshold(
-                r.entity_type
-            ):
-                continue
-            value = text[r.start : r.end]
-            if value in self._allow:
-                continue
-            if r.entity_type in NER_ENTITIES and value.strip().casefold() in self._allow_ci:
-                continue
-            kept.append(Finding(r.entity_type, r.start + offset, r.end + offset, round(r.score, 4)))
-        return kept
 
     def analyze(self, text: str, prose: bool | None = None) -> list[Finding]:
         """Non-overlapping findings sorted by position."""
@@ -385,23 +287,38 @@ class DetectionEngine:
         if not findings:
             return TextResult(text=text)
         present = {f.entity_type for f in findings}
-        configs = {
-            e: ops.operator_config(e, self.settings, self._key, get_table, self._pseudonyms.lock)
+        rewriters = {
+            e: ops.rewriter(e, self.settings, self._key, get_table, self._pseudonyms.lock)
             if tokenize is None or ops.is_blocking(e, self.settings)
-            else ops.token_config(e, tokenize)
+            else ops.token_rewriter(e, tokenize)
             for e in present
         }
-        anonymized = self._heavy.anonymizer.anonymize(
-            text=text,
-            analyzer_results=[
-                RecognizerResult(f.entity_type, f.start, f.end, f.score) for f in findings
-            ],
-            operators=configs,
-        )
         return TextResult(
-            text=anonymized.text,
+            text=rewrite(text, findings, rewriters),
             findings=findings,
             counts=dict(Counter(f.entity_type for f in findings)),
             blocked={e for e in present if ops.is_blocking(e, self.settings)},
         )
 
+
+class _Remote:
+    """`ChunkAnalyzer.run` in the scan worker processes. If its pool was stopped (the worker
+    count changed), the next call registers with the current pool, or analyses here."""
+
+    def __init__(self, pool: workers.WorkerPool, settings: DetectionSettings) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.eid = pool.register(settings.model_dump_json())
+        self._local = None
+
+    def run(self, jobs: list, pem_texts: list[str]) -> tuple[list, list]:
+        if self.pool.closed:
+            pool = workers.current()
+            if pool is None:
+                if self._local is None:
+                    from egress_gateway.detection.chunkanalysis import ChunkAnalyzer
+
+                    self._local = ChunkAnalyzer(self.settings)
+                return self._local.run(jobs, pem_texts)
+            self.eid, self.pool = pool.register(self.settings.model_dump_json()), pool
+        return self.pool.run(self.eid, jobs, pem_texts)

@@ -137,5 +137,20 @@ PRIORITY: dict[str, int] = {
 }
 
 
+#: Names spaCy's small model tags as PERSON/LOCATION in technical text; checked
+#: case-insensitively against NER findings only (never against secrets).
+DEFAULT_NER_ALLOW_LIST = frozenset(
+    {
+        "claude", "anthropic", "openai", "chatgpt", "gpt", "gemini", "llama", "mistral",
+        "node", "node.js", "nodejs", "react", "python", "java", "javascript", "typescript",
+        "rust", "go", "golang", "ruby", "rails", "django", "flask", "docker", "kubernetes",
+        "linux", "ubuntu", "debian", "windows", "macos", "github", "gitlab", "git", "bash",
+        "json", "yaml", "html", "css", "sql", "postgres", "mysql", "redis", "nginx", "aws",
+        "azure", "gcp", "npm", "pip", "api", "http", "https", "url", "uuid", "todo", "fixme",
+        "user", "assistant", "system", "human", "bot", "ok", "hi", "hello", "thanks",
+        "visa", "mastercard", "amex", "maestro", "paypal",
+    }
+)  # fmt: skip
+
 def is_secret(entity: str) -> bool:
     return entity in SECRET_ENTITIES or entity == "HIGH_ENTROPY_SECRET"

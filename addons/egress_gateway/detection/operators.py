@@ -1,9 +1,9 @@
-"""Operators: how a detected value is rewritten, as Presidio ``OperatorConfig`` maps.
+"""Operators: how a detected value is rewritten, as one function per entity (`rewrite.py`).
 
-``replace`` and ``block`` use Presidio's built-in ``replace`` operator; ``mask``, ``hash`` and
-``pseudonym`` use Presidio's ``custom`` operator with a function, because Presidio's own
-``mask`` counts characters to *mask* (not to keep) and its ``hash`` salts randomly per call
-unless given a salt (so it is not stable), and it has no session-scoped pseudonyms.
+Not Presidio's operators: its ``mask`` counts characters to *mask* (not to keep), its ``hash``
+salts randomly per call unless given a salt (so it is not stable), it has no session-scoped
+pseudonyms, and importing its anonymizer imports the analyzer and spaCy (~75 MB), which the
+gateway process does not load when analysis runs in scan worker processes.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-
-from presidio_anonymizer.entities import OperatorConfig
 
 from egress_gateway.detection.settings import (
     BlockOperator,
@@ -124,30 +122,26 @@ class PseudonymStore:
         return len(self._tables)
 
 
-def _custom(fn: Callable[[str], str]) -> OperatorConfig:
-    return OperatorConfig("custom", {"lambda": fn})
-
-
-def operator_config(
+def rewriter(
     entity: str,
     settings: DetectionSettings,
     key: bytes,
     table: Callable[[], PseudonymTable],
     lock: threading.RLock,
-) -> OperatorConfig:
-    """The Presidio operator for ``entity`` under ``settings``."""
+) -> Callable[[str], str]:
+    """value -> its replacement, for ``entity`` under ``settings``."""
     spec = settings.operator(entity)
     if isinstance(spec, ReplaceOperator):
         new_value = (spec.new_value or "<{entity}>").replace("{entity}", entity)
-        return OperatorConfig("replace", {"new_value": new_value})
+        return lambda v: new_value
     if isinstance(spec, BlockOperator):
-        return OperatorConfig("replace", {"new_value": f"<{entity}>"})
+        return lambda v: f"<{entity}>"
     if isinstance(spec, MaskOperator):
         keep, from_end, char = spec.chars_to_keep, spec.from_end, spec.masking_char
-        return _custom(lambda v: mask_value(v, keep, from_end, char))
+        return lambda v: mask_value(v, keep, from_end, char)
     if isinstance(spec, HashOperator):
         n = spec.length
-        return _custom(lambda v: f"<{entity}:{keyed_digest(key, entity, v)[:n]}>")
+        return lambda v: f"<{entity}:{keyed_digest(key, entity, v)[:n]}>"
     if isinstance(spec, PseudonymOperator):
 
         def pseudonym(v: str) -> str:
@@ -155,13 +149,13 @@ def operator_config(
             with lock:
                 return table().label(entity, digest)
 
-        return _custom(pseudonym)
+        return pseudonym
     raise TypeError(f"unknown operator {spec!r}")  # pragma: no cover
 
 
-def token_config(entity: str, tokenize: Callable[[str, str], str]) -> OperatorConfig:
+def token_rewriter(entity: str, tokenize: Callable[[str, str], str]) -> Callable[[str], str]:
     """A restore rule's operator: the value becomes its session token (``pseudonyms``)."""
-    return _custom(lambda v: tokenize(entity, v))
+    return lambda v: tokenize(entity, v)
 
 
 def is_blocking(entity: str, settings: DetectionSettings) -> bool:

@@ -9,22 +9,8 @@ from presidio_analyzer import Pattern, PatternRecognizer
 from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 from spacy.tokens import Span
 
+from egress_gateway.detection.entities import DEFAULT_NER_ALLOW_LIST
 from egress_gateway.detection.recognizers.base import make_result
-
-#: Names spaCy's small model tags as PERSON/LOCATION in technical text; checked
-#: case-insensitively against NER findings only (never against secrets).
-DEFAULT_NER_ALLOW_LIST = frozenset(
-    {
-        "claude", "anthropic", "openai", "chatgpt", "gpt", "gemini", "llama", "mistral",
-        "node", "node.js", "nodejs", "react", "python", "java", "javascript", "typescript",
-        "rust", "go", "golang", "ruby", "rails", "django", "flask", "docker", "kubernetes",
-        "linux", "ubuntu", "debian", "windows", "macos", "github", "gitlab", "git", "bash",
-        "json", "yaml", "html", "css", "sql", "postgres", "mysql", "redis", "nginx", "aws",
-        "azure", "gcp", "npm", "pip", "api", "http", "https", "url", "uuid", "todo", "fixme",
-        "user", "assistant", "system", "human", "bot", "ok", "hi", "hello", "thanks",
-        "visa", "mastercard", "amex", "maestro", "paypal",
-    }
-)  # fmt: skip
 
 
 class GatewaySpacyRecognizer(SpacyRecognizer):
