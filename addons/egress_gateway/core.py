@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -41,6 +42,7 @@ class Core:
 
     def __init__(self) -> None:
         self.compilers: dict[str, Compiler] = {}
+        self.warmers: list[Callable[[Compiled], None]] = []  # build engines before a swap
         self.compiled: Compiled | None = None
         self.connections = Connections()  # what each client connection's CONNECT established
         self.policy_path: Path | None = None
@@ -51,6 +53,12 @@ class Core:
         self.closer = AuditCloser(self)  # the bundle's last addon: closes the audit log
 
     # --- the policy and its compiled state ------------------------------------------------
+    def add_warmer(self, warm: Callable[[Compiled], None]) -> None:
+        """Register what a reloaded policy must build before it replaces the current one (the
+        detection engines, in the scan workers too); it runs off the event loop, and an error
+        keeps the last good policy."""
+        self.warmers.append(warm)
+
     def add_compiler(self, name: str, build: Compiler) -> None:
         """Register a feature's per-policy state builder (before the policy loads)."""
         self.compilers[name] = build
@@ -202,6 +210,13 @@ class Core:
                 compiled = self._load_checked(path)
             except PolicyError as e:
                 log.error(f"egress gateway: policy reload FAILED, keeping the last good policy:\n{e}")
+                continue
+            try:
+                for warm in self.warmers:
+                    await asyncio.to_thread(warm, compiled)
+            except Exception as e:  # noqa: BLE001 - e.g. a model the workers cannot load
+                log.error(f"egress gateway: policy reload FAILED, keeping the last good policy:\n"
+                          f"{path}: cannot build the detection engine: {e}")
                 continue
             self.compiled = compiled  # one assignment: flows see the old or the new, never a mix
             policy = compiled.policy

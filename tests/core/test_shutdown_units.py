@@ -79,6 +79,9 @@ def test_abandon_scans_ends_a_scan_in_flight_and_refuses_later_ones():
         def add_compiler(self, name, build):
             pass
 
+        def add_warmer(self, warm):
+            pass
+
     red = Redactor(_Core())
 
     async def go():

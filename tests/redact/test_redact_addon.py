@@ -279,16 +279,18 @@ def test_websocket_messages():
 @pytest.mark.parametrize("args,ok", [
     ((10 * 1024 * 1024, 2, 30.0), True),
     ((100, 2, 30.0), False),
-    ((4096, 0, 30.0), False),
+    ((4096, 0, 30.0), True),
+    ((4096, -1, 30.0), False),
+    ((4096, 65, 30.0), False),
     ((4096, 2, 0), False),
     ((4096, 2, -1.0), False),
     ((4096, 2, "0.5"), True),
     ((4096, 2, "soon"), False),
-], ids=["defaults", "tiny-limit", "no-workers", "zero-timeout", "negative-timeout", "string-seconds",
-        "not-a-number"])
+], ids=["defaults", "tiny-limit", "no-workers-in-process", "negative-workers", "too-many-workers",
+        "zero-timeout", "negative-timeout", "string-seconds", "not-a-number"])
 def test_parse_options(args, ok):
     if ok:
-        assert parse_options(*args).workers == 2
+        assert parse_options(*args).workers == args[1]
     else:
         with pytest.raises(ValueError):
             parse_options(*args)
@@ -300,7 +302,7 @@ def test_bad_option_is_an_options_error():
     async def main():
         with taddons.context(r) as tctx:
             with pytest.raises(exceptions.OptionsError):
-                tctx.configure(r, gateway_scan_workers=0)
+                tctx.configure(r, gateway_scan_workers=-1)
             r.done()
 
     asyncio.run(main())

@@ -9,6 +9,7 @@ import time
 import pytest
 from egress_gateway.core import Core
 from egress_gateway.policy import parse_policy
+from egress_gateway.redact import addon as addon_mod
 from egress_gateway.redact.addon import Redactor
 from egress_gateway.redact.scan import parse_options
 from mitmproxy import exceptions
@@ -92,9 +93,34 @@ def test_the_slot_comes_back_after_the_scan():
     assert all(code(f) is None for f in flows) and len(eng.calls) == 3
 
 
-def test_the_budget_covers_the_wait_for_a_worker():
-    """`b` waits behind `a` on the only worker: its budget runs out while it is queued, it is
-    refused then (not a full budget after a worker picks it up) and its scan never runs."""
+def test_stream_jobs_take_scan_slots():
+    """A stream's job holds a slot while it runs (counted in pending() for the drain); with no
+    slot left a stream's job is refused (`Overloaded`: the stream ends with its error event)."""
+    from egress_gateway.redact.addon import Overloaded
+
+    r = make(FakeEngine())
+
+    async def go():
+        import threading
+
+        gate = threading.Event()
+        fut = r._submit(lambda: gate.wait(5))
+        assert r.pending() == 1
+        with pytest.raises(Overloaded):
+            r._submit(lambda: None)
+        gate.set()
+        await asyncio.wrap_future(fut)
+        await asyncio.sleep(0.01)
+        assert r.pending() == 0
+        r._submit(lambda: None).result(5)
+
+    run(r, go, gateway_scan_workers=0, gateway_scan_queue=1)
+
+
+def test_the_budget_covers_the_wait_for_a_worker(monkeypatch):
+    """`b` waits behind `a` on the only scan thread: its budget runs out while it is queued, it
+    is refused then (not a full budget after a thread picks it up) and its scan never runs."""
+    monkeypatch.setattr(addon_mod, "scan_threads", lambda workers: 1)
     eng = FakeEngine(delay=1.0)
     r = make(eng)
     a, b = req_flow("a@b.co"), req_flow("c@d.co")

@@ -56,6 +56,7 @@ class Postgres:
         self.pool: ThreadPoolExecutor | None = None
         self._added: list[str] = []
         core.add_compiler("postgres", lambda policy: PostgresRuntime(policy, self.engine_factory))
+        core.add_warmer(self.prewarm)
         self.holds = Holds()
         self.layers: weakref.WeakSet = weakref.WeakSet()  # open connections (PostgresLayer)
 
@@ -71,13 +72,18 @@ class Postgres:
             ctx.options.update(mode=current + want)
         if entries:
             try:
-                for entry in entries:
-                    for direction in ("request", "response"):
-                        engine = self._engine_for(self.core.policy, entry.name, direction)
-                        if engine is not None:
-                            engine.analyze("Warm-up: jane.roe@example.com")
+                self.prewarm(self.core.compiled)
             except Exception as e:
                 raise exceptions.OptionsError(f"cannot load the detection engine: {e}") from None
+
+    def prewarm(self, compiled) -> None:
+        """Build the detection engines of every database entry (also of a reloaded policy,
+        before it applies)."""
+        for entry in compiled.policy.postgres:
+            for direction in ("request", "response"):
+                engine = compiled["postgres"].engine(entry.name, direction)
+                if engine is not None:
+                    engine.analyze("Warm-up: jane.roe@example.com")
 
     def done(self) -> None:
         if self.pool is not None:

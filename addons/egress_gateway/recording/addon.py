@@ -33,6 +33,7 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http
 
 from egress_gateway import session
+from egress_gateway.detection.budget import deadline
 from egress_gateway.flowstate import HEADER, make_response, peek, refuse, settled, state
 from egress_gateway.recording import audit, mask, settings
 from egress_gateway.recording.files import RecordingError, RecordingFiles, probe
@@ -262,16 +263,15 @@ class Recorder:
         answerable = answerable and forwarded and flow.response is not None \
             and not flow.response.stream
         try:
+            path = None
             if not forwarded:
-                host = mask.scrubbed_host(flow, getattr(self.core.policy, "detection", None))
+                host, path = await _scrub(flow, getattr(self.core.policy, "detection", None))
                 if host is not None:  # the recording, the audit line and the flow line
                     withhold_host(flow, host)
             try:
                 label_comment(flow)
             except Exception:  # a comment is not worth failing the recorder for
                 log.exception("egress gateway: could not label the flow's comment")
-            path = None if forwarded else mask.scrubbed_path(
-                flow, getattr(self.core.policy, "detection", None))
             state = mask.recorded_state(flow, forwarded, path)
             try:
                 data = mask.serialize(state)
@@ -368,3 +368,23 @@ class Recorder:
             self.core.audit.write(rec)
         if rotated:
             self.core.checkpoint_audit()
+
+
+SCRUB_SECONDS = 1.0  # a refused request's host and path: scanned (patterns) within this
+
+
+async def _scrub(flow, detection) -> tuple[str | None, str | None]:
+    """(host, path) of a refused request as ``mask.scrubbed_host`` / ``scrubbed_path`` give them,
+    computed off the event loop (the patterns run in the scan workers). If that fails or runs
+    out of time, both are withheld from the recording and the audit line (fail closed; the
+    recorder goes on)."""
+    def run():
+        with deadline(SCRUB_SECONDS, patience=0):  # a healthy worker takes ~2 ms
+            return mask.scrubbed_host(flow, detection), mask.scrubbed_path(flow, detection)
+
+    try:
+        return await asyncio.to_thread(run)
+    except Exception as e:  # noqa: BLE001 - the flow is refused anyway; nothing unscanned is kept
+        log.warning(f"egress gateway: could not scan a refused request's host and path "
+                    f"({type(e).__name__}); withheld from its recording")
+        return "withheld", "/withheld"

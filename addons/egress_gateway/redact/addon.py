@@ -9,11 +9,13 @@ Per flow and direction (policy ``redact:``, read per flow so edits apply to new 
   (403 ``sensitive_data``, entity types named, never values);
 - too large or unscannable bodies: the policy's ``too_large`` / ``unsupported`` action
   (413 ``too_large`` / 415 ``unsupported_content``, or pass, noted in the metadata);
-- analysis runs on a thread pool (``gateway_scan_workers``) within ``gateway_scan_timeout``
-  seconds counted from when the scan was queued; an error or timeout refuses the flow
-  (500 ``internal_error``), never forwards it; at most ``gateway_scan_queue`` scans wait or run
-  at once, more are refused at once (503 ``overloaded``); a message with more new text than
-  ``gateway_scan_max_text`` characters is answered at once (the ``too_large`` action);
+- scans run on a thread pool of the gateway process; their analysis (spaCy NER, Presidio) in
+  ``gateway_scan_workers`` worker processes (``detection/workers.py``; 0: on the threads),
+  within ``gateway_scan_timeout`` seconds counted from when the scan was queued; an error or
+  timeout refuses the flow (500 ``internal_error``), never forwards it; at most
+  ``gateway_scan_queue`` scans wait or run at once, more are refused at once (503
+  ``overloaded``); a message with more new text than ``gateway_scan_max_text`` characters is
+  answered at once (the ``too_large`` action);
 - response streams are analysed on the same pool (`streams.pooled`): each chunk within the
   budget from when it arrived, or the stream ends with its error event.
 
@@ -33,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mitmproxy import ctx, exceptions, http
 
+from egress_gateway.detection import workers
 from egress_gateway.detection.engine import DeadlineExceeded, deadline
 from egress_gateway.fleet.store import StoreDown
 from egress_gateway.flowstate import refuse, settled, state
@@ -55,6 +58,7 @@ from egress_gateway.redact.scan import (
     policy_refusal,
     scan_event_stream,
     scan_message,
+    scan_threads,
     scan_ws_text,
 )
 from egress_gateway.redact.stream import StreamRedactor
@@ -103,6 +107,7 @@ class Redactor:
         self._admitted = 0  # scans queued or running on the pool
         self._admit_lock = threading.Lock()
         core.add_compiler("redact", lambda policy: RedactRuntime(policy, self.engine_factory))
+        core.add_warmer(lambda compiled: self.prewarm(compiled["redact"]))
 
     # --- lifecycle ------------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -113,7 +118,8 @@ class Redactor:
         )
         loader.add_option(
             "gateway_scan_workers", int, DEFAULT_WORKERS,
-            "Threads that scan bodies for PII and secrets (off the event loop).",
+            "Worker processes that analyse text for PII and secrets (spaCy NER and Presidio) "
+            "beside the event loop; 0: analysis on threads of the gateway process.",
         )
         loader.add_option(
             # str: mitmproxy cannot parse float options given with --set
@@ -147,9 +153,11 @@ class Redactor:
                 raise exceptions.OptionsError(str(e)) from None
             if self.pool is None or opts.workers != self.options.workers:
                 old = self.pool
-                self.pool = ThreadPoolExecutor(opts.workers, thread_name_prefix="gateway-scan")
+                self.pool = self._new_pool(opts.workers)
                 if old is not None:
                     old.shutdown(wait=False)
+                if self.engine_factory is _default_engine_factory:  # real engines
+                    workers.configure(opts.workers)  # they start with the first engine
             self.options = opts
         if (updated & {"gateway_policy", *VaultKeeper.OPTIONS}) and self.core.compiled is not None:
             try:
@@ -168,6 +176,12 @@ class Redactor:
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
+        if self.engine_factory is _default_engine_factory:
+            workers.shutdown()
+
+    @staticmethod
+    def _new_pool(n_workers: int) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(scan_threads(n_workers), thread_name_prefix="gateway-scan")
 
     # --- the policy's compiled redact section --------------------------------------------
     def runtime(self) -> RedactRuntime:
@@ -183,9 +197,10 @@ class Redactor:
         idx, rules = rt.for_flow(flow.request.host, flow.request.path, direction)
         return (rt, idx, rules) if rules.enabled else None
 
-    def prewarm(self) -> None:
-        """Build the engines of every rule that scans, before the gateway says it is ready."""
-        rt = self.runtime()
+    def prewarm(self, rt: RedactRuntime | None = None) -> None:
+        """Build the engines of every rule that scans (of `rt`, a reloaded policy's, or the
+        current one), before the gateway says it is ready or the reloaded policy applies."""
+        rt = rt or self.runtime()
         for idx, direction in rt.enabled_keys():
             engine = rt.engine(idx, direction)
             if not self._warm:
@@ -204,7 +219,7 @@ class Redactor:
         if self.abandoned:
             raise ScansAbandoned
         if self.pool is None:
-            self.pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="gateway-scan")
+            self.pool = self._new_pool(self.options.workers)
         with self._admit_lock:
             if self._admitted >= self.options.queue:
                 raise Overloaded
@@ -245,10 +260,22 @@ class Redactor:
         raise ScansAbandoned
 
     def _submit(self, fn: Callable[[], None]):
-        """A stream's job on the scan pool (`PooledStream`: one at a time per stream)."""
+        """A stream's job on the scan pool (`PooledStream`: one at a time per stream). It takes
+        a scan slot while queued or running; with none left it raises `Overloaded` (the stream
+        ends with its error event: nothing unscanned is released)."""
         if self.pool is None:
-            self.pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="gateway-scan")
-        return self.pool.submit(fn)
+            self.pool = self._new_pool(self.options.workers)
+        with self._admit_lock:
+            if self._admitted >= self.options.queue:
+                raise Overloaded
+            self._admitted += 1
+        try:
+            fut = self.pool.submit(fn)
+        except BaseException:
+            self._release()
+            raise
+        fut.add_done_callback(lambda _: self._release())
+        return fut
 
     def abandon_scans(self) -> None:
         """The gateway is stopping: scans in flight and later ones raise ScansAbandoned, and
@@ -262,7 +289,7 @@ class Redactor:
             self._admitted -= 1
 
     def pending(self) -> int:
-        """Scans queued or running (for a drain on shutdown)."""
+        """Scans queued or running, streams' jobs included (for a drain on shutdown)."""
         return self._admitted
 
     def _record(self, flow, direction: str, out: Outcome) -> None:
@@ -314,6 +341,9 @@ class Redactor:
             reason = (f"scanning the {direction} exceeded the time budget of "
                       f"{self.options.timeout:g} s")
             log.error(f"egress gateway: {reason}; refusing the flow")
+        elif isinstance(e, workers.WorkerError):
+            reason = f"the scan worker analysing the {direction} failed"
+            log.error(f"egress gateway: {reason} ({e}); refusing the flow")
         else:
             reason = f"the gateway failed while scanning the {direction}"
             log.error(f"egress gateway: internal error while scanning the {direction}; refusing "

@@ -28,6 +28,7 @@ from urllib.parse import unquote_plus
 
 from mitmproxy import http
 
+from egress_gateway.detection.budget import deadline
 from egress_gateway.flowstate import HEADER, refuse, settled, state
 from egress_gateway.net import hosts
 from egress_gateway.session import session_of
@@ -344,6 +345,7 @@ class SessionIdCheck:
     ``withheld-<12 hex>`` (a keyed digest, stable for the life of the process)."""
 
     MAX_CACHE = 4096
+    CHECK_SECONDS = 0.5
 
     def __init__(self, core) -> None:
         import os
@@ -356,19 +358,29 @@ class SessionIdCheck:
         hit = self._cache.get(sid)
         if hit is not None:
             return hit
-        out = self._withheld(sid) if self._carries_data(sid) else sid
-        if len(self._cache) >= self.MAX_CACHE:
-            self._cache.clear()
-        self._cache[sid] = out
+        found = self._carries_data(sid)
+        out = sid if found is False else self._withheld(sid)
+        if found is not None:  # a check that could not finish is tried again next time
+            if len(self._cache) >= self.MAX_CACHE:
+                self._cache.clear()
+            self._cache[sid] = out
         return out
 
-    def _carries_data(self, sid: str) -> bool:
+    def _carries_data(self, sid: str) -> bool | None:
+        """Patterns on the id, on the event loop: bounded by `CHECK_SECONDS`; None when the
+        check could not finish in time (the id is withheld: fail closed)."""
         compiled = self.core.compiled
         if compiled is None or "redact" not in compiled:
             return False
         engine = compiled["redact"].engine(-1, "request")
         texts = [sid, sid.replace("_", " ")]
-        return any(engine.analyze_many(texts, prose=False))
+        try:
+            with deadline(self.CHECK_SECONDS, patience=0):
+                return any(engine.analyze_many(texts, prose=False))
+        except Exception as e:  # noqa: BLE001 - a busy or failed scan worker
+            log.warning(f"egress gateway: could not check a session id for data in time "
+                        f"({type(e).__name__}); it is withheld")
+            return None
 
     def _withheld(self, sid: str) -> str:
         import hashlib

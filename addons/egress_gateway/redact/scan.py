@@ -16,7 +16,15 @@ from egress_gateway.redact.walker import TextJob
 
 INLINE_MAX_BYTES = 64 * 1024  # larger messages always go to the pool (parsing takes time)
 DEFAULT_BODY_LIMIT = 10 * 1024 * 1024
-DEFAULT_WORKERS = 2
+DEFAULT_WORKERS = 2  # scan worker processes (0: analysis on threads of the gateway process)
+
+
+def scan_threads(workers: int) -> int:
+    """Threads of the gateway's scan pool: they parse, plan and rewrite, and wait for the worker
+    processes' analysis (8 per process keep each process's 4 analysis threads busy)."""
+    return 2 if workers == 0 else 8 * workers
+
+
 DEFAULT_TIMEOUT = 30.0
 # Scans admitted at once (running or waiting for a worker); more are refused (503 overloaded).
 DEFAULT_QUEUE = 64
@@ -44,8 +52,9 @@ def parse_options(body_limit, workers, timeout, queue=DEFAULT_QUEUE,
     """Validate the addon's options; raise ValueError naming the bad one."""
     if not isinstance(body_limit, int) or body_limit < 1024:
         raise ValueError(f"gateway_body_limit must be at least 1024 bytes, got {body_limit!r}")
-    if not isinstance(workers, int) or not 1 <= workers <= 64:
-        raise ValueError(f"gateway_scan_workers must be between 1 and 64, got {workers!r}")
+    if not isinstance(workers, int) or not 0 <= workers <= 64:
+        raise ValueError(f"gateway_scan_workers must be between 0 (analysis in the gateway "
+                         f"process) and 64 worker processes, got {workers!r}")
     try:
         timeout = float(timeout)
     except (TypeError, ValueError):
