@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -103,6 +104,21 @@ def test_the_end_waits_within_the_budget_then_fails_closed(pool):
     end = stream(b"")
     assert end.startswith(b"event: error") and b"secret" not in end
     gate.set()
+
+
+def test_the_end_waits_at_most_end_wait_on_the_loop(pool):
+    # a 30 s budget, a worker that takes longer than end_wait: the loop is held 0.3 s, not 30
+    gate = threading.Event()
+    stream = PooledStream(Inner(gate), pool.submit, timeout=30)
+    stream.first_wait, stream.end_wait = 0.0, 0.3
+    assert stream(b"secret") == []
+    t0 = time.monotonic()
+    end = stream(b"")
+    took = time.monotonic() - t0
+    gate.set()
+    assert end.startswith(b"event: error") and b"secret" not in end
+    assert "end was not scanned within 0.3 s" in stream.failed
+    assert 0.25 < took < 2
 
 
 def test_a_failing_worker_ends_the_stream(pool):

@@ -6,7 +6,9 @@ a time and in order (one job per flow at a time). Each call hands the chunk over
 what the worker has released so far: a list (possibly empty), never ``b""`` before the end
 (that would end a chunked answer). Until the stream's first output it waits up to
 `first_wait` for the worker (the first event is not delayed by a chunk interval); later calls
-wait at most `wait`. The end (``b""``) waits for the worker within the budget and flushes.
+wait at most `wait`. The end (``b""``) waits for the worker, at most `end_wait` seconds (the
+event loop waits with it) and within the budget, and flushes; a worker still busy then ends the
+stream with the error chunk.
 
 Budget: every chunk is analysed within `timeout` seconds of being handed over (the engine's
 `deadline` stops the analysis between batches; a worker stuck inside one is given up from the
@@ -33,6 +35,7 @@ class PooledStream:
 
     first_wait = 0.05  # seconds the first output may be awaited on the loop
     wait = 0.002  # later calls: about a thread hand-off
+    end_wait = 2.0  # the end: the loop (every flow) waits this long at most
 
     def __init__(self, inner, submit: Submit, timeout: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -111,13 +114,15 @@ class PooledStream:
         if not chunk:  # the end: everything handed over is analysed within its budget
             with self._lock:
                 oldest = self._current if self._current is not None else now
-            self._idle.wait(max(0.0, oldest + self.timeout - self.clock()))
+            self._idle.wait(min(self.end_wait, max(0.0, oldest + self.timeout - self.clock())))
         else:
             self._idle.wait(self.wait if self._released else self.first_wait)
         if self._failure is not None or (not self._idle.is_set() and
                                          (not chunk or self._overdue(self.clock()))):
-            out = self._fail(self._failure or f"TimeoutError: the stream's scan exceeded "
-                                              f"{self.timeout:g} s")
+            late = (f"TimeoutError: the stream's scan exceeded {self.timeout:g} s"
+                    if chunk or self._overdue(self.clock()) else
+                    f"TimeoutError: the stream's end was not scanned within {self.end_wait:g} s")
+            out = self._fail(self._failure or late)
             return b"".join(out) if not chunk else out
         with self._lock:
             out, self._out = self._out, []
