@@ -566,6 +566,8 @@ def run(args) -> dict:
         results["sse"] = sse
         # 5. memory
         results["peak_rss_mb"] = {name: round(p.peak_rss_mb(), 1) for name, p in procs.items()}
+        results["pss_mb"] = {name: round(p.pss_mb(), 1) for name, p in procs.items()}
+        results["processes"] = {name: len(p.pids()) for name, p in procs.items()}
     finally:
         for p in procs.values():
             p.stop()
@@ -643,6 +645,7 @@ def run_load(args) -> dict:
     refused_url = f"http://blocked.test.example:{up_port}/v1/messages"
     rss_start = _rss_mb(gw.proc.pid)
     pss_start, n_procs = gw.pss_mb(), len(gw.pids())
+    cpu_start = {pid: _cpu_s(pid) for pid in gw.pids()}
     lock = threading.Lock()
     lat: list[float] = []
     counts = {"allowed": 0, "pii": 0, "refused": 0}
@@ -682,6 +685,8 @@ def run_load(args) -> dict:
     elapsed = time.perf_counter() - t_start
     rss_end = _rss_mb(gw.proc.pid)
     pss_end = gw.pss_mb()
+    cpu = {("gateway" if pid == gw.proc.pid else f"worker {pid}"): round(_cpu_s(pid) - c0, 1)
+           for pid, c0 in cpu_start.items()}
     peak = gw.peak_rss_mb()
     stats = httpx.get(f"http://127.0.0.1:{up_port}/stats", timeout=10).json()
     gw.stop()  # a clean shutdown writes the audit checkpoint
@@ -699,6 +704,7 @@ def run_load(args) -> dict:
         "latency_ms": {"p50": round(pct(lat, 0.5), 1), "p95": round(pct(lat, 0.95), 1),
                        "p99": round(pct(lat, 0.99), 1), "max": round(max(lat), 1) if lat else None},
         "rss_mb": {"start": round(rss_start, 1), "end": round(rss_end, 1), "peak": round(peak, 1)},
+        "cpu_s": cpu,
         "all_processes": {"count": n_procs, "pss_start_mb": round(pss_start, 1),
                           "pss_end_mb": round(pss_end, 1)},
         "upstream": {"requests": stats["requests"] - 1, "raw_pii_bodies": stats["raw_pii"]},
@@ -718,6 +724,15 @@ def _status_kb(pid: int, field: str) -> int | None:
     return None
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def _rss_mb(pid: int) -> float:
     kb = _status_kb(pid, "VmRSS")
     return kb / 1024 if kb is not None else float("nan")
@@ -733,6 +748,7 @@ def print_load(r: dict) -> None:
     print(f"  gateway process RSS: start {m['start']} MB, end {m['end']} MB; all {a['count']} "
           f"processes: PSS start {a['pss_start_mb']} MB, end {a['pss_end_mb']} MB, peak RSS "
           f"summed {m['peak']} MB")
+    print("  CPU seconds during the load: " + ", ".join(f"{k} {v}" for k, v in r["cpu_s"].items()))
     u, a = r["upstream"], r["audit"]
     print(f"  upstream received {u['requests']} requests, {u['raw_pii_bodies']} with raw PII")
     print(f"  audit: {a['http_lines']} flow lines, {a['recorded']} recorded flows, "
@@ -773,7 +789,10 @@ def print_table(r: dict) -> None:
     for name in ("plain", "redact"):
         v = s[name]
         print(f"  {name:10s} {v['first_event_ms']:8.1f} {v['first_text_ms']:8.1f} {v['last_event_ms']:9.1f}")
-    print("\npeak memory (VmHWM, MB): " + ", ".join(f"{k} {v}" for k, v in r["peak_rss_mb"].items()))
+    print("\npeak memory (VmHWM of the process and its children, summed, MB): "
+          + ", ".join(f"{k} {v}" for k, v in r["peak_rss_mb"].items()))
+    print("memory at the end (PSS of the process and its children, MB): "
+          + ", ".join(f"{k} {v} ({r['processes'][k]} processes)" for k, v in r["pss_mb"].items()))
 
 
 def main(argv: list[str]) -> int:

@@ -457,9 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", "-v", action="store_true", help="list altered and missed rows")
     ap.add_argument("--latency", action="store_true",
                     help="also time 2 KB and 20 KB texts made of the PII rows (ms per KB)")
+    ap.add_argument("--scan-workers", type=int, default=0,
+                    help="analyse in N scan worker processes, as the gateway does (0: here)")
     args = ap.parse_args(argv)
 
-    from egress_gateway.detection import DetectionEngine, DetectionSettings
+    from egress_gateway.detection import DetectionEngine, DetectionSettings, workers
+    workers.configure(args.scan_workers)
 
     paths = args.data or [default_data_dir()]
     missing = [p for p in paths if not p.exists()]
@@ -504,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
+    workers.shutdown()
     return 0
 
 
