@@ -209,6 +209,8 @@ class _Worker:
             self.proc.stdin.close()  # the worker exits at the end of its input
         except OSError:
             pass
+        if wait <= 0:
+            return
         try:
             self.proc.wait(wait)
         except subprocess.TimeoutExpired:
@@ -251,10 +253,19 @@ class WorkerPool:
     def closed(self) -> bool:
         return self._closed
 
-    def close(self) -> None:
+    def close(self, wait: float = 2.0) -> None:
+        """Stop every worker: the end of its input, then (after `wait` s in all) a kill."""
         self._closed = True
-        for w in list(self._workers):
-            w.stop()
+        workers = list(self._workers)
+        for w in workers:
+            w.stop(0)
+        end = time.monotonic() + wait
+        for w in workers:
+            try:
+                w.proc.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.proc.wait()
 
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers if not w.lost]
@@ -370,6 +381,7 @@ class WorkerPool:
                 built.update(eid for _, eid in todo)
         except Exception:
             w.stop(0)
+            w.kill()
             raise
 
 
