@@ -233,12 +233,7 @@ class Redactor:
             with deadline(at=at, max_fresh=max_text):
                 return fn()
 
-        try:
-            cfut = self.pool.submit(job)
-        except BaseException:
-            self._release()
-            raise
-        cfut.add_done_callback(lambda _: self._release())
+        cfut = self._submit_in_slot(job)
         loop = asyncio.get_running_loop()
         scan = asyncio.ensure_future(asyncio.wait_for(asyncio.wrap_future(cfut), timeout))
         if self._abandon is None:
@@ -269,6 +264,11 @@ class Redactor:
             if self._admitted >= self.options.queue:
                 raise Overloaded
             self._admitted += 1
+        return self._submit_in_slot(fn)
+
+    def _submit_in_slot(self, fn: Callable):
+        """`fn` on the pool, in a slot already taken: given back when it is done (or if the
+        pool refuses it)."""
         try:
             fut = self.pool.submit(fn)
         except BaseException:
