@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from egress_gateway.detection.engine import _check_deadline
+from egress_gateway.detection.budget import check_deadline
 from egress_gateway.redact.stream import StreamRedactor
 from egress_gateway.redact.streams.ndjson import NdjsonRedactor
 from egress_gateway.redact.streams.pooled import PooledStream
@@ -142,7 +142,7 @@ def test_a_pool_that_refuses_the_job_ends_the_stream():
 
 def _slow_analyze(text):
     while True:  # a detector that only stops at the engine's deadline check
-        _check_deadline()
+        check_deadline()
 
 
 def test_the_engine_deadline_stops_a_real_sse_redactor(pool):

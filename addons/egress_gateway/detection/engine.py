@@ -71,10 +71,6 @@ _engines_lock = threading.Lock()
 _pseudonyms: ops.PseudonymStore | None = None
 
 
-_check_deadline = check_deadline  # older names
-_spend_fresh = spend_fresh
-
-
 class DetectionEngine:
     """Detection and redaction under one ``DetectionSettings``.
 
@@ -112,7 +108,6 @@ class DetectionEngine:
             self._backend = ChunkAnalyzer(settings)
         else:  # in the scan worker processes (built there now)
             self._backend = _Remote(pool, settings)
-        self._allow = set(settings.allow_list)
         self._allow_ci = {a.casefold() for a in settings.allow_list} | set(DEFAULT_NER_ALLOW_LIST)
         uses_hash = any(
             isinstance(op, HashOperator) for op in settings.operators.values()

@@ -15,6 +15,7 @@ by type only: texts and values never leave in a message or a log line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import resource
@@ -25,7 +26,6 @@ import time
 from collections import OrderedDict
 
 THREADS = 4  # concurrent calls: their NER texts share spaCy batches (nlp.py's group commit)
-MAX_ENGINES = 16
 WARM_UP = "Warm-up: Jane Roe wrote to jane.roe@example.com today."
 
 
@@ -38,7 +38,7 @@ def main() -> int:
     from egress_gateway.detection.budget import DeadlineExceeded, deadline
     from egress_gateway.detection.chunkanalysis import ChunkAnalyzer
     from egress_gateway.detection.settings import DetectionSettings
-    from egress_gateway.detection.workers import read_frame, write_frame
+    from egress_gateway.detection.workers import MAX_ENGINES, read_frame, write_frame
 
     write_lock = threading.Lock()
 
@@ -61,7 +61,7 @@ def main() -> int:
                 analyzer = engines.get(eid)
                 if analyzer is None:
                     raise LookupError(f"engine {eid} is not built here")
-                with deadline(at=at) if at is not None else _nothing():
+                with deadline(at=at) if at is not None else contextlib.nullcontext():
                     found, pem = analyzer.run(jobs, pem_texts)
                 send(("done", cid, found, pem))
             except DeadlineExceeded:
@@ -91,14 +91,6 @@ def main() -> int:
         elif msg[0] == "analyze":
             calls.put(msg[1:])
     os._exit(0)
-
-
-class _nothing:  # noqa: N801
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 if __name__ == "__main__":
