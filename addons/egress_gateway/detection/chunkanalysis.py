@@ -28,6 +28,7 @@ from egress_gateway.detection.recognizers import (  # noqa: E402
     PemPrivateKeyRecognizer,
     build_recognizers,
 )
+from egress_gateway.detection.recognizers.pii import outside_context  # noqa: E402
 from egress_gateway.detection.settings import DetectionSettings  # noqa: E402
 
 Job = tuple[str, str, bool, "tuple[str, ...] | None"]  # chunk, NER text, NER?, context words
@@ -85,15 +86,19 @@ class ChunkAnalyzer:
                 batch = jobs[b:b + ANALYSIS_BATCH]
                 arts = self._heavy.artifacts([j[1] for j in batch], [j[2] for j in batch])
                 for k, ((chunk, _, _, context), art) in enumerate(zip(batch, arts, strict=True)):
-                    results = self._analyzer.analyze(
-                        chunk,
-                        language="en",
-                        entities=self._chunk_entities,
-                        nlp_artifacts=art,
-                        score_threshold=0.0,
-                        allow_list=list(self._allow) or None,
-                        context=list(context) if context else None,
-                    )
+                    token = outside_context.set(tuple(context or ()))
+                    try:
+                        results = self._analyzer.analyze(
+                            chunk,
+                            language="en",
+                            entities=self._chunk_entities,
+                            nlp_artifacts=art,
+                            score_threshold=0.0,
+                            allow_list=list(self._allow) or None,
+                            context=list(context) if context else None,
+                        )
+                    finally:
+                        outside_context.reset(token)
                     out[b + k] = self._keep(chunk, results)
         pem: list[list[Raw]] = [[] for _ in pem_texts]
         if self._pem is not None:

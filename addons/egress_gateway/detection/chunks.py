@@ -20,6 +20,57 @@ def looks_like_prose(text: str) -> bool:
     return wordlike >= 2 and wordlike >= 0.3 * len(tokens)
 
 
+#: Sentence-initial words whose capital says nothing about a name: pronouns, determiners,
+#: auxiliaries, question words, conjunctions, prepositions, greetings. Words that are also
+#: given names or places ("Will", "May", "Mark", "Nice", "Reading") are deliberately absent.
+SENTENCE_STARTERS = frozenset("""a about above after again all also although am an and any are
+as at be because been before being below besides between both but by can could did do does
+doing done down during each either else even ever every for from further had has have having
+he hello her here hers herself hi him himself his how however i if in into is it its itself
+just let lets many me might more most much must my myself neither no nor not now of off ok
+okay on once only or other our ours ourselves out over please same she should since so some
+such than thank thanks that the their theirs them themselves then there these they this those
+though through thus to too under unless until up us very was we were what whatever when
+whenever where whether which while who whom whose why with within without would yes yet you
+your yours yourself yourselves""".split())
+_I_FORMS = frozenset({"i", "i'm", "i've", "i'll", "i'd", "i’m", "i’ve", "i’ll", "i’d"})
+_ASCII_UPPER = re.compile(r"[A-Z]")
+_WORD_AT = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
+_OPENERS = " \t\"'“‘([*-•>#"  # between a sentence end and its first word
+_ENDS = ".!?:;\n\r"
+
+
+def may_hold_name(text: str) -> bool:
+    """False when no name or place can be in `text`: it has no upper-case letter but the
+    pronoun "I" and sentence-initial function words ("The", "Please", "Can").
+
+    The NER recognizer keeps only PERSON/LOCATION/NRP entities with an upper-case letter
+    (``recognizers/names.py``), so without one spaCy's NER cannot add a finding; caseless
+    scripts have none either and are dropped the same way."""
+    if text.isascii():
+        if text.lower() == text:
+            return False
+        capitals = (m.start() for m in _ASCII_UPPER.finditer(text))
+    else:
+        capitals = (i for i, c in enumerate(text) if c.isupper())
+    for i in capitals:
+        if i > 0 and (text[i - 1].isalnum() or text[i - 1] in "_'’"):
+            return True  # inside a word: "iPhone", "McDonald", "HTTP"
+        m = _WORD_AT.match(text, i)
+        word = m.group().lower() if m else ""
+        if not word or any(c.isupper() for c in m.group()[1:]):
+            return True
+        if word in _I_FORMS:
+            continue
+        j = i - 1
+        while j >= 0 and text[j] in _OPENERS:
+            j -= 1
+        if (j < 0 or text[j] in _ENDS) and word in SENTENCE_STARTERS:
+            continue
+        return True
+    return False
+
+
 def split_chunks(text: str, size: int, overlap: int) -> list[tuple[int, str]]:
     """Overlapping chunks (offset, chunk) cut at a newline, sentence end or space when one
     lies in the second half of the window. Any entity shorter than ``overlap`` is wholly

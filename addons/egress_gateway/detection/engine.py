@@ -44,7 +44,12 @@ from egress_gateway.detection.budget import (  # noqa: F401 - re-exported for ca
     deadline,
     spend_fresh,
 )
-from egress_gateway.detection.chunks import headline_copy, looks_like_prose, split_chunks
+from egress_gateway.detection.chunks import (
+    headline_copy,
+    looks_like_prose,
+    may_hold_name,
+    split_chunks,
+)
 from egress_gateway.detection.entities import DEFAULT_NER_ALLOW_LIST, NER_ENTITIES
 from egress_gateway.detection.fields import (
     FieldContext,
@@ -102,6 +107,8 @@ class DetectionEngine:
         self.cache = FindingsCache()
         self.entities = settings.active_entities()
         self._ner_entities = sorted(self.entities & NER_ENTITIES)
+        # PERSON/LOCATION/NRP need an upper-case letter; DATE_TIME ("tomorrow") does not
+        self._names_only = "DATE_TIME" not in self.entities
         if pool is None:  # Presidio and spaCy in this process
             from egress_gateway.detection.chunkanalysis import ChunkAnalyzer
 
@@ -133,6 +140,8 @@ class DetectionEngine:
     def _use_ner(self, chunk: str, prose: bool | None) -> bool:
         if not self._ner_entities or self.settings.ner == "never" or prose is False:
             return False  # prose=False: the caller's "no NER" (field modes), even with "always"
+        if self._names_only and not may_hold_name(chunk):
+            return False  # NER could only find entities that its recognizer drops
         if self.settings.ner == "always":
             return True
         if prose is not None:

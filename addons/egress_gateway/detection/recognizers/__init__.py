@@ -99,7 +99,7 @@ def build_recognizers(
     ``common_words`` (English verbs/adjectives/adverbs) and ``english_words`` (all English
     words) come from the spaCy model's lemma tables: see ``names.py`` for how they are used.
     """
-    recs: list[EntityRecognizer] = pii_recognizers(entities)
+    recs: list[EntityRecognizer] = pii_recognizers(entities, settings.threshold("PHONE_NUMBER"))
     ner = entities & NER_ENTITIES
     if ner:
         recs.append(GatewaySpacyRecognizer(sorted(ner), common_words, english_words))

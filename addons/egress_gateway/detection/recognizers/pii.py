@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from contextvars import ContextVar
 
 import phonenumbers
 import regex as re
@@ -21,6 +22,10 @@ from presidio_analyzer.predefined_recognizers import (
 
 from egress_gateway.detection.recognizers.base import make_result
 from egress_gateway.detection.recognizers.filters import letters_in_enclosing_token
+
+#: The context words the analyzer is given beside a text (its JSON key's words), set by the
+#: caller around each analysis: Presidio's context enhancer counts them as surrounding words.
+outside_context: ContextVar[tuple[str, ...]] = ContextVar("outside_context", default=())
 
 
 class GatewayPhoneRecognizer(PhoneRecognizer):
@@ -51,19 +56,40 @@ class GatewayPhoneRecognizer(PhoneRecognizer):
         r"(?:[ .\-]\d{2,6}){1,4}(?:[ ]?x\d{1,5})?|\+\d{10,14})(?!\w)(?!-\d)"
     )
 
-    def __init__(self) -> None:
+    def __init__(self, threshold: float = 0.0) -> None:
         super().__init__(context=list(self.CONTEXT), supported_regions=self.SUPPORTED_REGIONS)
+        #: a bare run scores BARE_SCORE, plus the context factor only with a context word
+        self._bare_needs_context = threshold > self.BARE_SCORE
+
+    def _context_possible(self, text: str) -> bool:
+        """True if Presidio's context enhancer could find a context word for a match in
+        `text`: it compares lower-case words around the match and the outside context words
+        by substring, so a context word absent from the whole lower-cased text and from the
+        outside words can never raise a score."""
+        lowered = text.lower()
+        words = outside_context.get()
+        return any(c in lowered or any(c in w.lower() for w in words) for c in self.context)
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
     ) -> list[RecognizerResult]:
         results = []
+        context: bool | None = None  # _context_possible(text), computed when first needed
         # python-phonenumbers scans the whole text once per region (75% of the engine's time
         # on a 20 KB text). Run it only on windows around digit runs that could be a number.
         for m in self.CANDIDATE.finditer(text):
             digits = sum(c.isdigit() for c in m.group())
             if not 7 <= digits <= 15 or letters_in_enclosing_token(text, m.start(), m.end()):
                 continue
+            if (self._bare_needs_context and m.group().isdigit()
+                    and "+" not in text[max(0, m.start() - 2) : m.start()]):
+                # A bare run (an id, a timestamp; no "+ " before it) can only score
+                # BARE_SCORE, below the threshold unless a context word raises it. Without
+                # one, skip the matcher (12 regions: ~0.5 ms per run).
+                if context is None:
+                    context = self._context_possible(text)
+                if not context:
+                    continue
             s0 = max(0, m.start() - 2)
             window = text[s0 : m.end() + 2]
             for region in self.supported_regions:  # first region that parses it wins
@@ -271,6 +297,8 @@ PII_RECOGNIZERS: tuple[tuple[str, type[EntityRecognizer]], ...] = (
 )
 
 
-def pii_recognizers(entities: set[str]) -> list[EntityRecognizer]:
-    """Presidio recognizers for the PII entities requested (pattern based; NER is separate)."""
-    return [cls() for entity, cls in PII_RECOGNIZERS if entity in entities]
+def pii_recognizers(entities: set[str], phone_threshold: float = 0.0) -> list[EntityRecognizer]:
+    """Presidio recognizers for the PII entities requested (pattern based; NER is separate);
+    `phone_threshold`: the PHONE_NUMBER threshold (what a bare digit run must reach)."""
+    return [cls(phone_threshold) if cls is GatewayPhoneRecognizer else cls()
+            for entity, cls in PII_RECOGNIZERS if entity in entities]
