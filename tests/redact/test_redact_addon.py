@@ -340,3 +340,41 @@ def test_stopping_gateway_never_forwards_an_unscanned_websocket_message():
     f = ws_flow([text])
     run(r, lambda: r.websocket_message(f))
     assert text.dropped  # not scanned, so not sent
+
+
+class _CachingEngine(FakeEngine):
+    """A FakeEngine with a findings cache: texts it has analysed are answered on the loop."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: dict[str, object] = {}
+
+    def redact_many(self, texts, session="", prose=None):
+        out = super().redact_many(texts, session, prose)
+        self.seen.update(zip(texts, out, strict=True))
+        return out
+
+    def redact_many_cached(self, texts, session="", prose=None):
+        if all(t in self.seen for t in texts):
+            return [self.seen[t] for t in texts]
+        return None
+
+
+def test_a_message_is_parsed_once_and_cached_texts_stay_on_the_loop(monkeypatch):
+    from egress_gateway.redact import scan
+
+    parsed = []
+    real = scan.bodies.plan_body
+    monkeypatch.setattr(scan.bodies, "plan_body", lambda *a, **kw: parsed.append(1) or real(*a, **kw))
+    eng = _CachingEngine()
+    r, _ = make(eng)
+    body = b'{"to": "a@b.co", "text": "fresh words"}'
+    f = req_flow(body)
+    run(r, lambda: r.request(f))
+    assert f.request.raw_content == b'{"to": "<EMAIL_ADDRESS>", "text": "fresh words"}'
+    assert len(parsed) == 1  # parsed on the loop; the pool finished that plan
+    assert len(eng.calls) == 1 and all(t.startswith("gateway-scan") for t in eng.threads)
+    again = req_flow(body)
+    run(r, lambda: r.request(again))
+    assert again.request.raw_content == f.request.raw_content
+    assert len(parsed) == 2 and len(eng.calls) == 1  # every text cached: no pool round trip

@@ -189,3 +189,29 @@ def test_provider_key_is_validated():
     with pytest.raises(PolicyError) as e:
         policy("redact:\n  request: {provider: openai}\n")
     assert "redact.request.provider" in str(e.value)
+
+
+def test_runtime_remembers_rule_lookups_within_a_bound(monkeypatch):
+    from egress_gateway.redact import runtime
+
+    pol = parse_policy("""version: 1
+egress:
+  allow:
+    - host: "*.example.com"
+redact:
+  rules:
+    - hosts: [api.example.com]
+      paths: [/v1/messages]
+      request: {enabled: false}
+""")
+    rt = runtime.RedactRuntime(pol, engine_factory=lambda s: None)
+    monkeypatch.setattr(runtime, "RULE_CACHE", 3)
+    cases = [("api.example.com", "/v1/messages", 0), ("API.example.com.", "/v1/messages/x", 0),
+             ("api.example.com", "/v1/%6Dessages", 0), ("api.example.com", "/v2", -1),
+             ("other.example.com", "/v1/messages", -1)]
+    for _ in range(2):
+        for host, path, idx in cases:
+            got, rules = rt.for_flow(host, path, "request")
+            assert got == idx == pol.redact.rule_index(host, path)
+            assert rules.enabled is (idx < 0)
+            assert len(rt._rule_of) <= 3

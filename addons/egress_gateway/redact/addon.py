@@ -53,8 +53,10 @@ from egress_gateway.redact.scan import (
     CacheMiss,
     Outcome,
     ScanOptions,
+    finish_message,
     merge_outcomes,
     parse_options,
+    plan_message,
     policy_refusal,
     scan_event_stream,
     scan_message,
@@ -384,16 +386,21 @@ class Redactor:
                     if direction == "request" and rt.restores(idx) else None)
         extra = {"tokenize": tokenize} if tokenize is not None else {}
 
-        def work() -> Outcome:
-            engine = rt.engine(idx, direction)
-            return scan_message(raw, ct, ce, query, rules, limit,
-                                lambda texts, **kw: engine.redact_many(
-                                    texts, session=session, **extra, **kw),
-                                upath, provider)
-
         t0 = time.perf_counter()
-        out = self._scan_inline(rt.engine(idx, direction), rules, raw, ct, ce, query, session,
-                                upath, provider, extra)
+        engine = rt.engine(idx, direction)
+        planned = self._plan_inline(rules, raw, ct, ce, query, upath, provider)
+        out = planned if isinstance(planned, Outcome) else None
+        if planned is not None and out is None:
+            out = self._finish_inline(engine, rules, planned, session, extra)
+
+        def redact_many(texts, **kw):
+            return rt.engine(idx, direction).redact_many(texts, session=session, **extra, **kw)
+
+        def work() -> Outcome:
+            if planned is not None:  # parsed on the loop; its texts were not all cached
+                return finish_message(planned, rules, redact_many)
+            return scan_message(raw, ct, ce, query, rules, limit, redact_many, upath, provider)
+
         if out is None:
             out = await self._run(work, self.options.max_text)
         if events is not None and not out.refusal:
@@ -422,12 +429,17 @@ class Redactor:
             if "transfer-encoding" not in msg.headers or "content-length" in msg.headers:
                 msg.headers["content-length"] = str(len(out.body))
 
-    def _scan_inline(self, engine, rules, raw, ct, ce, query, session, upath=None,
-                     provider=None, extra=None):
-        """A small message whose texts are all cached (or that has none) is finished on the
-        event loop: a thread-pool round trip costs more than the work. None: use the pool."""
+    def _plan_inline(self, rules, raw, ct, ce, query, upath=None, provider=None):
+        """A small uncompressed message is parsed on the event loop (`plan_message`): an
+        `Outcome` if that decides it, else its `Planned` state; None: too big, use the pool."""
         if raw is not None and len(raw) > INLINE_MAX_BYTES or ce:
             return None
+        return plan_message(raw, ct, ce, query, rules, self.options.body_limit, upath, provider)
+
+    def _finish_inline(self, engine, rules, planned, session, extra=None):
+        """Finish a planned message on the event loop when all its texts are cached (a
+        thread-pool round trip costs more than the work); None: they are not, use the pool
+        (with the same plan: nothing is parsed twice)."""
         cached = getattr(engine, "redact_many_cached", None)
         if cached is None:
             return None
@@ -439,8 +451,7 @@ class Redactor:
             return results
 
         try:
-            return scan_message(raw, ct, ce, query, rules, self.options.body_limit, cached_only,
-                                upath, provider)
+            return finish_message(planned, rules, cached_only)
         except CacheMiss:
             return None
 

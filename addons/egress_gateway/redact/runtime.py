@@ -9,6 +9,7 @@ from egress_gateway.redact.provider import ProviderPolicy
 from egress_gateway.redact.settings import DirectionRules, RedactSettings
 
 DIRECTIONS = ("request", "response")
+RULE_CACHE = 4096  # (host, path) pairs whose rule index is remembered (cleared when full)
 
 
 class RedactRuntime:
@@ -35,6 +36,7 @@ class RedactRuntime:
             for i in range(-1, len(rules)) for d in DIRECTIONS
         }
         self._engines: dict[tuple[int, str], object] = {}
+        self._rule_of: dict[tuple[str, str], int] = {}  # (host, path) -> rule index
         self._lock = threading.Lock()
 
     @property
@@ -42,8 +44,15 @@ class RedactRuntime:
         return self.settings.enabled
 
     def for_flow(self, host: str, path: str, direction: str) -> tuple[int, DirectionRules]:
-        """(rule index or -1, the rules for one direction of a flow to `host` and `path`)."""
-        idx = self.settings.rule_index(host, path)
+        """(rule index or -1, the rules for one direction of a flow to `host` and `path`);
+        remembered per (host, path): every hook of every flow asks."""
+        key = (host, path)
+        idx = self._rule_of.get(key)
+        if idx is None:
+            idx = self.settings.rule_index(host, path)
+            if len(self._rule_of) >= RULE_CACHE:
+                self._rule_of.clear()
+            self._rule_of[key] = idx
         return idx, self.merged[(idx, direction)]
 
     def restores(self, idx: int) -> bool:

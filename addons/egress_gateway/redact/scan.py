@@ -140,12 +140,25 @@ def provider_fetches(job: TextJob, raw: bytes, content_type: str | None,
     return None
 
 
-def scan_message(raw: bytes | None, content_type: str | None, content_encoding: str | None,
+@dataclass
+class Planned:
+    """A message parsed and its texts collected (`plan_message`), not analysed yet: finished
+    by `finish_message`, on the event loop from the findings cache or on the pool."""
+
+    out: Outcome
+    job: TextJob
+    opts: bodies.Options
+    qfinish: Callable[[], str] | None
+    pfinish: Callable[[], str] | None
+    bplan: object | None
+
+
+def plan_message(raw: bytes | None, content_type: str | None, content_encoding: str | None,
                  query: str | None, rules: DirectionRules, limit: int,
-                 redact_many: Callable, path: str | None = None,
-                 provider: ProviderPolicy | None = None) -> Outcome:
-    """Plan, redact and rebuild one HTTP message (pure: no flow access; runs on a worker).
-    `provider`: the policy's provider-fetch lists, checked where the rules name a provider."""
+                 path: str | None = None,
+                 provider: ProviderPolicy | None = None) -> Outcome | Planned:
+    """Parse one HTTP message and collect its texts: an `Outcome` when it is decided without
+    analysis (refused: too large, unsupported, a provider fetch), else its `Planned` state."""
     out = Outcome()
     job = TextJob()
     if rules.provider and raw and provider is not None:  # requests only
@@ -170,6 +183,14 @@ def scan_message(raw: bytes | None, content_type: str | None, content_encoding: 
         except bodies.Unsupported as e:
             if policy_refusal("unsupported", rules.unsupported, "unsupported_content", str(e), out):
                 return out
+    return Planned(out, job, opts, qfinish, pfinish, bplan)
+
+
+def finish_message(p: Planned, rules: DirectionRules, redact_many: Callable) -> Outcome:
+    """Analyse a planned message's texts with `redact_many`, then rebuild and decide. If
+    `redact_many` raises, `p` is unchanged and may be finished again (e.g. after a
+    `CacheMiss`, on the pool)."""
+    out, job, opts = p.out, p.job, p.opts
     try:
         job.run(redact_many)
     except TextOverBudget as e:  # refused (or passed, per policy) before anything was analysed
@@ -184,13 +205,23 @@ def scan_message(raw: bytes | None, content_type: str | None, content_encoding: 
     if job.refused:
         out.refusal = field_refusal(job.refused, job.refused_entities)
         return out
-    if qfinish is not None:
-        out.query = qfinish()
-    if pfinish is not None:
-        out.path = pfinish()
-    if bplan is not None:
-        out.body = bplan.finish()
+    if p.qfinish is not None:
+        out.query = p.qfinish()
+    if p.pfinish is not None:
+        out.path = p.pfinish()
+    if p.bplan is not None:
+        out.body = p.bplan.finish()
     return out
+
+
+def scan_message(raw: bytes | None, content_type: str | None, content_encoding: str | None,
+                 query: str | None, rules: DirectionRules, limit: int,
+                 redact_many: Callable, path: str | None = None,
+                 provider: ProviderPolicy | None = None) -> Outcome:
+    """Plan, redact and rebuild one HTTP message (pure: no flow access; runs on a worker).
+    `provider`: the policy's provider-fetch lists, checked where the rules name a provider."""
+    p = plan_message(raw, content_type, content_encoding, query, rules, limit, path, provider)
+    return p if isinstance(p, Outcome) else finish_message(p, rules, redact_many)
 
 
 def scan_event_stream(raw: bytes, stream) -> Outcome:

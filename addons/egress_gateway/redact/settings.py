@@ -22,6 +22,7 @@ section's ``request`` / ``response``.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -115,8 +116,13 @@ class DirectionRules(_Model):
                 raise ValueError(f"fields[{path!r}]: {e}") from None
         return out
 
-    def scope(self) -> Scope:
+    @functools.cached_property
+    def _scope(self) -> Scope:
         return Scope(self.json_paths, self.skip_json_paths, list(self.fields.items()))
+
+    def scope(self) -> Scope:
+        """The compiled JSON paths (built once per rules object: they never change)."""
+        return self._scope
 
     def detection(self, base: DetectionSettings) -> DetectionSettings:
         """The detection settings for this direction: `base` with entities/operators applied."""
