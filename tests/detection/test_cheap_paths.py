@@ -112,3 +112,29 @@ def test_low_phone_threshold_keeps_bare_runs():
     low = ChunkAnalyzer(DetectionSettings(thresholds={"PHONE_NUMBER": 0.3}))
     (found,), _ = low.run([("ticket 4155552671 closed", "", False, None)], [])
     assert [e for e, *_ in found] == ["PHONE_NUMBER"]
+
+
+KEYWORD_TEXTS = [
+    # (case, text, a key word present)
+    ("prose", "Ship it to Jane Roe, 10 Market Street, by Tuesday.", False),
+    ("assignment", 'db_password = "Tr0ub4dor&3xyz"', True),
+    ("upper case key", 'SECRET: "x9Kq2LmN8pR4sT6v"', True),
+    ("comparison", 'if ("s3cr3tValue9" == my_api_key) {}', True),
+    ("spanish", "contraseña: 'Qw3rtyUiop9'", True),
+    ("near miss", "pass the pwdx value along; apikey is unset", True),
+]
+
+
+@pytest.mark.parametrize(("text", "has_word"), [c[1:] for c in KEYWORD_TEXTS],
+                         ids=[c[0] for c in KEYWORD_TEXTS])
+def test_keyword_prefilter_changes_no_finding(text, has_word):
+    from egress_gateway.detection.entities import ENTITIES
+    from egress_gateway.detection.recognizers.detect_secrets_backend import DetectSecretsRecognizer
+
+    rec = DetectSecretsRecognizer(set(ENTITIES))
+    assert rec._keyword_words is not None  # detect-secrets' regexes all embed its word list
+    assert bool(rec._keyword_words.search(text)) is has_word
+    fast = sorted((r.entity_type, r.start, r.end) for r in rec.analyze(text, list(ENTITIES)))
+    rec._keyword_words = None
+    full = sorted((r.entity_type, r.start, r.end) for r in rec.analyze(text, list(ENTITIES)))
+    assert fast == full

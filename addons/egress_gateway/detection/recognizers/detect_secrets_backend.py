@@ -86,6 +86,17 @@ def _keyword_regexes() -> list[tuple[re.Pattern, int]]:
     return list(seen.items())
 
 
+def _keyword_prefilter(regexes: list[tuple[re.Pattern, int]]) -> re.Pattern | None:
+    """One search for detect-secrets' key words (``password``, ``api_key``, ``secret``...):
+    every keyword regex requires one of them, so a text without any cannot match (~10 full
+    scans saved: 4 ms on 2 KB of prose). None if some regex does not embed the word list (a
+    changed detect-secrets): then every regex runs, as before."""
+    words = "|".join(ds_keyword.DENYLIST)
+    if not regexes or any(words not in rx.pattern for rx, _ in regexes):
+        return None
+    return re.compile(words, re.IGNORECASE)  # a superset of the case-sensitive ones too
+
+
 def _line_of(text: str, start: int, end: int) -> str:
     ls = text.rfind("\n", 0, start) + 1
     le = text.find("\n", end)
@@ -113,6 +124,7 @@ class DetectSecretsRecognizer(EntityRecognizer):
             if entity and issubclass(cls, RegexBasedDetector):
                 self._regex_plugins.append((cls.__name__, list(cls.denylist)))
         self._keyword = _keyword_regexes()
+        self._keyword_words = _keyword_prefilter(self._keyword)
         self._entropy = (
             [(Base64HighEntropyString(), 4.5), (HexHighEntropyString(), 3.0)] if entropy else []
         )
@@ -170,7 +182,9 @@ class DetectSecretsRecognizer(EntityRecognizer):
                     ):
                         continue
                     out.append(self._result(entity, start, end, 0.9))
-        if "PASSWORD_ASSIGNMENT" in self._wanted:
+        if "PASSWORD_ASSIGNMENT" in self._wanted and (
+            self._keyword_words is None or self._keyword_words.search(text)
+        ):
             for rx, group in self._keyword:
                 for m in rx.finditer(text):
                     start, end = m.span(group)
