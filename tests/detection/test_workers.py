@@ -77,6 +77,48 @@ def test_a_large_text_is_split_across_workers(pool, remote, local, monkeypatch):
     assert got == local.analyze(big)
 
 
+SHARED = [
+    # (case, text): one chunk between 1 and 8 KB, shared by two idle workers
+    ("prose with PII", " ".join(TEXTS[:1] * 20)),
+    ("names and secrets", "Dear Anna Lindqvist, password=hunter2-Correct-Horse. " * 30),
+    ("places and a key", "Ship to Oslo and Bergen. -----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQ"
+     "EA1234567890abcdefghijklmnopqrstuvwxyz\n-----END RSA PRIVATE KEY----- " * 12),
+]
+
+
+@pytest.mark.parametrize("text", [c[1] for c in SHARED], ids=[c[0] for c in SHARED])
+def test_one_chunk_is_shared_by_two_idle_workers(pool, remote, local, monkeypatch, text):
+    parts = []
+    real = workers._Worker.call
+
+    def spy(self, cid, msg, size):
+        parts.append((self.pid, msg[-1]))
+        return real(self, cid, msg, size)
+
+    monkeypatch.setattr(workers._Worker, "call", spy)
+    assert 1000 <= len(text) <= 8000
+    got = remote.analyze(text)
+    assert sorted(p for _, p in parts) == ["names", "patterns"] and len({w for w, _ in parts}) == 2
+    assert got == local.analyze(text)
+
+
+def test_names_and_patterns_parts_make_the_whole(local):
+    from egress_gateway.detection.chunkanalysis import ChunkAnalyzer
+
+    an = ChunkAnalyzer(DetectionSettings())
+    jobs = [(t, t, True, None) for _, t in SHARED] + [(t, t, True, ("phone",)) for t in TEXTS]
+    pems = [TEXTS[1]]
+    whole, pem = an.run(jobs, pems)
+    names, no_pem = an.run(jobs, pems, "names")
+    patterns, pem2 = an.run(jobs, pems, "patterns")
+    assert no_pem == [[]] and pem2 == pem and pem[0]
+    for w, n, p in zip(whole, names, patterns, strict=True):
+        assert sorted(w) == sorted(n + p)
+    assert any(names) and any(patterns)
+    with pytest.raises(ValueError):
+        an.run(jobs, pems, "some")
+
+
 def test_a_dead_worker_fails_its_call_and_is_replaced(pool, remote):
     before = pool.pids()
     victim = pool._workers[0]
@@ -98,7 +140,8 @@ def test_a_call_in_flight_on_a_killed_worker_raises(pool):
     os.kill(w.pid, signal.SIGSTOP)  # hung: answers nothing
     eid = next(iter(pool._engines.values()))
     try:
-        fut = w.call(999_999, ("analyze", 999_999, eid, None, [("x y z", "x y z", False, None)], []), 5)
+        job = [("x y z", "x y z", False, None)]
+        fut = w.call(999_999, ("analyze", 999_999, eid, None, job, [], "all"), 5)
         os.kill(w.pid, signal.SIGKILL)
         with pytest.raises(WorkerError, match="exited"):
             fut.result(10)

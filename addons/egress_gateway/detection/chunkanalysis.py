@@ -34,6 +34,7 @@ from egress_gateway.detection.settings import DetectionSettings  # noqa: E402
 Job = tuple[str, str, bool, "tuple[str, ...] | None"]  # chunk, NER text, NER?, context words
 Raw = tuple[str, int, int, float]  # entity, start, end, score (relative)
 
+PARTS = ("all", "names", "patterns")  # what one run analyses (see ChunkAnalyzer.run)
 ANALYSIS_BATCH = 2  # chunks analysed together: 200 KB peaks at ~220 MB (8: 380, 64: 560)
 
 
@@ -50,6 +51,8 @@ class ChunkAnalyzer:
         ):
             registry.add_recognizer(r)
         self._chunk_entities = sorted(self.entities - {"PEM_PRIVATE_KEY"})
+        self._name_entities = sorted(set(self._chunk_entities) & NER_ENTITIES)
+        self._pattern_entities = sorted(set(self._chunk_entities) - NER_ENTITIES)
         self._analyzer = (
             AnalyzerEngine(
                 registry=registry,
@@ -73,25 +76,37 @@ class ChunkAnalyzer:
     def model(self) -> str:
         return self._heavy.model
 
-    def run(self, jobs: list[Job], pem_texts: list[str]) -> tuple[list[list[Raw]], list[list[Raw]]]:
+    def run(self, jobs: list[Job], pem_texts: list[str],
+            part: str = "all") -> tuple[list[list[Raw]], list[list[Raw]]]:
         """Findings per job (relative to its chunk) and per PEM text (whole texts that mention
         a private key: a key block can be longer than a chunk). Stops between batches once
-        this thread's `deadline` is spent."""
+        this thread's `deadline` is spent.
+
+        `part` (see `PARTS`): ``names`` runs only the recognizers of the name entities (spaCy
+        NER, name frames, place lists), ``patterns`` every other one on tokens alone (no NER),
+        ``all`` both. Presidio merges duplicates per entity type and scores each result on its
+        own, so ``names`` + ``patterns`` equals ``all``: two workers can share one chunk."""
+        if part not in PARTS:
+            raise ValueError(f"unknown analysis part {part!r}")
         out: list[list[Raw]] = [[] for _ in jobs]
-        if self._analyzer is not None:
+        entities = {"all": self._chunk_entities, "names": self._name_entities,
+                    "patterns": self._pattern_entities}[part]
+        if self._analyzer is not None and entities:
+            keep = None if part == "all" else set(entities)
             # A bounded number of chunks at a time: spaCy docs and Presidio's artifacts of a
             # 200 KB body all alive at once took ~400 MB more than one batch does.
             for b in range(0, len(jobs), ANALYSIS_BATCH):
                 check_deadline()
                 batch = jobs[b:b + ANALYSIS_BATCH]
-                arts = self._heavy.artifacts([j[1] for j in batch], [j[2] for j in batch])
+                ner = [j[2] and part != "patterns" for j in batch]
+                arts = self._heavy.artifacts([j[1] for j in batch], ner)
                 for k, ((chunk, _, _, context), art) in enumerate(zip(batch, arts, strict=True)):
                     token = outside_context.set(tuple(context or ()))
                     try:
                         results = self._analyzer.analyze(
                             chunk,
                             language="en",
-                            entities=self._chunk_entities,
+                            entities=entities,
                             nlp_artifacts=art,
                             score_threshold=0.0,
                             allow_list=list(self._allow) or None,
@@ -99,9 +114,11 @@ class ChunkAnalyzer:
                         )
                     finally:
                         outside_context.reset(token)
+                    if keep is not None:  # a recognizer of several entities, in both parts
+                        results = [r for r in results if r.entity_type in keep]
                     out[b + k] = self._keep(chunk, results)
         pem: list[list[Raw]] = [[] for _ in pem_texts]
-        if self._pem is not None:
+        if self._pem is not None and part != "names":
             for i, text in enumerate(pem_texts):
                 pem[i] = self._keep(text, self._pem.analyze(text, ["PEM_PRIVATE_KEY"]))
         return out, pem

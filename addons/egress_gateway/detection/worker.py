@@ -5,9 +5,10 @@ library prints goes to stderr, i.e. the gateway's log):
 
 - ``("engine", id, settings JSON)`` -> ``("built", id, None | error)``: a `ChunkAnalyzer` for
   those detection settings (the spaCy model loads once per process, on the first engine);
-- ``("analyze", call, engine, deadline, jobs, pem texts)`` -> ``("done", call, findings, pem
-  findings)`` or ``("failed", call, "deadline" | "error", what)``: run by one of `THREADS`
-  threads, within the absolute ``time.monotonic()`` deadline (system-wide, so the gateway's).
+- ``("analyze", call, engine, deadline, jobs, pem texts, part)`` -> ``("done", call, findings,
+  pem findings)`` or ``("failed", call, "deadline" | "error", what)`` (`part`: ``all``, or
+  ``names`` / ``patterns`` of chunks shared by two workers): run by one of `THREADS` threads,
+  within the absolute ``time.monotonic()`` deadline (system-wide, so the gateway's).
 
 At the end of its input (the gateway stopped, or died) the process exits. Errors are reported
 by type only: texts and values never leave in a message or a log line.
@@ -54,7 +55,7 @@ def main() -> int:
 
     def serve() -> None:
         while True:
-            cid, eid, at, jobs, pem_texts = calls.get()
+            cid, eid, at, jobs, pem_texts, part = calls.get()
             try:
                 if at is not None and time.monotonic() > at:
                     raise DeadlineExceeded("not started: the time budget is spent")
@@ -62,7 +63,7 @@ def main() -> int:
                 if analyzer is None:
                     raise LookupError(f"engine {eid} is not built here")
                 with deadline(at=at) if at is not None else contextlib.nullcontext():
-                    found, pem = analyzer.run(jobs, pem_texts)
+                    found, pem = analyzer.run(jobs, pem_texts, part)
                 send(("done", cid, found, pem))
             except DeadlineExceeded:
                 send(("failed", cid, "deadline", ""))

@@ -41,6 +41,7 @@ HANG_GRACE = 3.0  # seconds past a call's deadline before its worker counts as h
 START_TIMEOUT = 120.0  # seconds a worker may take to start and build its engines
 NO_DEADLINE = 600.0  # a call without a deadline (tools, tests) waits at most this long
 SPLIT_CHARS = 8_000  # a call is split across workers in slices of at least this many chars
+SHARE_CHARS = 1_000  # a smaller call with NER shares its chunks with an idle second worker
 MAX_ENGINES = 16  # detection settings kept (policy reloads: the newest few)
 MAX_BACKOFF = 30.0
 
@@ -308,18 +309,28 @@ class WorkerPool:
         parts = max(1, min(len(live), len(jobs), total // SPLIT_CHARS))
         slices = _split(sizes, parts)
         sent: list[tuple[_Worker, Future, int, int]] = []
+        if (len(slices) == 1 and len(live) > 1 and live[1].load == 0 and total >= SHARE_CHARS
+                and any(j[2] for j in jobs)):
+            # One chunk or a few, NER among them, and a second worker idle: NER and the name
+            # recognizers on one, every other recognizer on the other, at the same time.
+            for k, part in enumerate(("names", "patterns")):
+                w = live[k]
+                cid = next(self._ids)
+                msg = ("analyze", cid, eid, at, jobs, pem_texts if k else [], part)
+                sent.append((w, w.call(cid, msg, total if k == 0 else total // 4), 0, len(jobs)))
+            slices = []
         for k, (lo, hi) in enumerate(slices):
             w = live[k]
             cid = next(self._ids)
-            msg = ("analyze", cid, eid, at, jobs[lo:hi], pem_texts if k == 0 else [])
+            msg = ("analyze", cid, eid, at, jobs[lo:hi], pem_texts if k == 0 else [], "all")
             sent.append((w, w.call(cid, msg, sum(sizes[lo:hi])), lo, hi))
-        if not slices:  # PEM texts only
+        if not sent:  # PEM texts only
             cid = next(self._ids)
             w = live[0]
-            sent.append((w, w.call(cid, ("analyze", cid, eid, at, [], pem_texts), 0), 0, 0))
-        found: list = [None] * len(jobs)
+            sent.append((w, w.call(cid, ("analyze", cid, eid, at, [], pem_texts, "all"), 0), 0, 0))
+        found: list = [[] for _ in jobs]
         pem: list = []
-        for k, (w, fut, lo, hi) in enumerate(sent):
+        for w, fut, lo, _ in sent:
             grace = HANG_GRACE if patience is None else patience
             wait = (at - time.monotonic() + grace) if at is not None else NO_DEADLINE
             try:
@@ -331,9 +342,9 @@ class WorkerPool:
                           f"call's deadline by {HANG_GRACE:g} s; killing and replacing it")
                 w.kill()
                 raise DeadlineExceeded("analysis stopped: the scan worker hung") from None
-            found[lo:hi] = got
-            if k == 0:
-                pem = got_pem
+            for i, got_i in enumerate(got, lo):  # shared chunks: both parts' findings
+                found[i] = found[i] + list(got_i)
+            pem = pem or got_pem
         return found, pem
 
     # -- supervision --------------------------------------------------------------------
