@@ -15,7 +15,9 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -181,10 +183,10 @@ def _store_main(args: argparse.Namespace, state: str) -> int:
                 else:
                     print(f"{row['id']}  [{row['instance']}]  ended: {row['outcome']} "
                           f"({row['decided_by'] or '-'})", flush=True)
-            try:
-                queue.watch(emit)
-            except KeyboardInterrupt:
-                pass
+            stop = threading.Event()  # Ctrl-C / SIGTERM: stop between two polls
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            queue.watch(emit, stop=stop)
         else:
             verdict = "approve" if args.action == "approve" else "deny"
             always = bool(getattr(args, "always", False))

@@ -88,13 +88,16 @@ class ReviewQueue:
                              f"decided: {describe_end(row)}")
         return row
 
-    def watch(self, emit, interval: float = 0.5, until: float | None = None) -> None:
-        """Call `emit(event, row)` for each new pending hold and each end, until interrupted."""
+    def watch(self, emit, interval: float = 0.5, until: float | None = None,
+              stop=None) -> None:
+        """Call `emit(event, row)` for each new pending hold and each end, until interrupted
+        or `stop` (a `threading.Event`) is set: checked every `interval` seconds, between
+        queries, so a stop never interrupts one (psycopg may then wait seconds to cancel)."""
         listen = psycopg.connect(**self.url.conninfo(), autocommit=True)
         listen.execute(f"LISTEN {schema.HOLDS_CHANNEL}")
         seen: dict[str, str] = {}
         try:
-            while until is None or time.monotonic() < until:
+            while (until is None or time.monotonic() < until) and not (stop and stop.is_set()):
                 self.reap()
                 rows = self.conn.execute(
                     f"SELECT {COLUMNS} FROM gateway_holds WHERE state <> 'ended' OR "
