@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import resource
 import signal
 import sys
@@ -51,47 +50,53 @@ def main() -> int:
                 os._exit(0)
 
     engines: OrderedDict[int, ChunkAnalyzer] = OrderedDict()
-    calls: queue.Queue = queue.Queue()
+    read_lock = threading.Lock()
+
+    def analyze(cid, eid, at, jobs, pem_texts, part) -> None:
+        try:
+            if at is not None and time.monotonic() > at:
+                raise DeadlineExceeded("not started: the time budget is spent")
+            analyzer = engines.get(eid)
+            if analyzer is None:
+                raise LookupError(f"engine {eid} is not built here")
+            with deadline(at=at) if at is not None else contextlib.nullcontext():
+                found, pem = analyzer.run(jobs, pem_texts, part)
+            send(("done", cid, found, pem))
+        except DeadlineExceeded:
+            send(("failed", cid, "deadline", ""))
+        except Exception as e:  # noqa: BLE001 - reported by type, never with text
+            send(("failed", cid, "error", type(e).__name__))
+
+    def build(eid, settings_json) -> None:
+        try:
+            analyzer = ChunkAnalyzer(DetectionSettings.model_validate_json(settings_json))
+            # spaCy's first call initialises lazily (~150 ms): not on a real request
+            analyzer.run([(WARM_UP, WARM_UP, True, None)], [])
+            engines[eid] = analyzer
+            while len(engines) > MAX_ENGINES:
+                engines.popitem(last=False)
+            send(("built", eid, None))
+        except Exception as e:  # noqa: BLE001 - e.g. a model that is not installed
+            send(("built", eid, f"{type(e).__name__}: {e}"))
 
     def serve() -> None:
+        """Leader/followers: the thread that reads a message handles it (no hand-over to
+        another thread: ~0.1 ms less per call) while the next idle thread reads on. The
+        gateway sends calls for an engine only after every worker said it is built."""
         while True:
-            cid, eid, at, jobs, pem_texts, part = calls.get()
-            try:
-                if at is not None and time.monotonic() > at:
-                    raise DeadlineExceeded("not started: the time budget is spent")
-                analyzer = engines.get(eid)
-                if analyzer is None:
-                    raise LookupError(f"engine {eid} is not built here")
-                with deadline(at=at) if at is not None else contextlib.nullcontext():
-                    found, pem = analyzer.run(jobs, pem_texts, part)
-                send(("done", cid, found, pem))
-            except DeadlineExceeded:
-                send(("failed", cid, "deadline", ""))
-            except Exception as e:  # noqa: BLE001 - reported by type, never with text
-                send(("failed", cid, "error", type(e).__name__))
+            with read_lock:
+                msg = read_frame(inp)
+            if msg is None:  # the end of our input: the gateway stopped, or died
+                os._exit(0)
+            if msg[0] == "engine":
+                build(*msg[1:])
+            elif msg[0] == "analyze":
+                analyze(*msg[1:])
 
-    for i in range(THREADS):
+    for i in range(1, THREADS):
         threading.Thread(target=serve, name=f"scan-{i}", daemon=True).start()
     send(("ready", os.getpid(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
-    while True:
-        msg = read_frame(inp)
-        if msg is None:
-            break
-        if msg[0] == "engine":
-            _, eid, settings_json = msg
-            try:
-                analyzer = ChunkAnalyzer(DetectionSettings.model_validate_json(settings_json))
-                # spaCy's first call initialises lazily (~150 ms): not on a real request
-                analyzer.run([(WARM_UP, WARM_UP, True, None)], [])
-                engines[eid] = analyzer
-                while len(engines) > MAX_ENGINES:
-                    engines.popitem(last=False)
-                send(("built", eid, None))
-            except Exception as e:  # noqa: BLE001 - e.g. a model that is not installed
-                send(("built", eid, f"{type(e).__name__}: {e}"))
-        elif msg[0] == "analyze":
-            calls.put(msg[1:])
-    os._exit(0)
+    serve()
 
 
 if __name__ == "__main__":
