@@ -75,3 +75,24 @@ def test_dead_subtrees_are_pruned():
     st = MESSAGES.child(MESSAGES.root(), "tools")
     assert st.dead
     assert MESSAGES.child(st, 0) is st  # no work below a dead node
+
+
+def test_child_states_are_remembered_within_bounds(monkeypatch):
+    from egress_gateway.redact import jsonpath
+
+    monkeypatch.setattr(jsonpath, "MEMO_ENTRIES", 8)
+    scope = jsonpath.Scope(["messages[*].content", "system"], ["metadata.**"],
+                           [("messages[*].content[*].id", "id")])
+    fresh = jsonpath.Scope(["messages[*].content", "system"], ["metadata.**"],
+                           [("messages[*].content[*].id", "id")])
+    paths = [["messages", 0, "content"], ["messages", 3, "content", 1, "id"], ["system"],
+             ["metadata", "user"], ["model"], ["k" * 100, "x"]] * 3
+    for path in paths:
+        st = memo = scope.root()
+        for seg in path:
+            memo = scope.child(memo, seg)
+            st = fresh._child(st, seg) if not st.final else st
+        assert memo == st
+        assert scope.selects(path) == fresh.selects(path)
+        assert len(scope._children) <= 8
+    assert all(not (isinstance(seg, str) and len(seg) > 64) for _, seg in scope._children)

@@ -128,6 +128,10 @@ class State:
         return self.dead or (self.selected and not self.skip and not self.fields)
 
 
+MEMO_ENTRIES = 4096  # (state, key) -> child state, per scope; cleared when full
+MEMO_KEY_CHARS = 64  # longer keys are not remembered (a hostile body's keys cost no memory)
+
+
 class Scope:
     """Which nodes of a JSON document to scan: `scan` paths (None: the whole document) minus
     `skip` paths."""
@@ -140,6 +144,7 @@ class Scope:
         self.field_modes = [m for _, m in fields or []]
         self.field_paths = [parse_path(p) for p in self.field_labels]
         self.everything = self.scan_paths is None and not self.skip_paths and not self.field_paths
+        self._children: dict[tuple[State, str | int], State] = {}  # child() memo (bounded)
 
     def mode(self, st: State) -> str:
         """The field mode of a node (``prose`` where no field path names it)."""
@@ -195,9 +200,22 @@ class Scope:
         return State(self._full(self.scan_paths, scan), False, scan, skip, mode, fields)
 
     def child(self, parent: State, seg: str | int) -> State:
-        """The state of the child `seg` (object key or list index) of a node in `parent`."""
+        """The state of the child `seg` (object key or list index) of a node in `parent`
+        (remembered for short keys: every message of an API has the same few)."""
         if parent.final:
             return parent  # everything below is scanned alike: no more work per node
+        if isinstance(seg, str) and len(seg) > MEMO_KEY_CHARS:
+            return self._child(parent, seg)
+        key = (parent, seg)
+        got = self._children.get(key)
+        if got is None:
+            got = self._child(parent, seg)
+            if len(self._children) >= MEMO_ENTRIES:
+                self._children.clear()
+            self._children[key] = got
+        return got
+
+    def _child(self, parent: State, seg: str | int) -> State:
         skip = self._step(self.skip_paths, parent.skip, seg) if parent.skip else frozenset()
         if skip and self._full(self.skip_paths, skip):
             return State(False, True, frozenset(), frozenset())
