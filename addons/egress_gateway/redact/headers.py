@@ -334,8 +334,12 @@ class HeaderScanner:
             work.close()
             return
         try:
+            if self.redactor._scanning(flow, direction) is None:
+                work.close()  # this direction is not scanned: nothing to parse either
+                return
             await work
         except Exception as e:  # TimeoutError included: refuse, never forward
+            work.close()
             self.redactor._fail(flow, direction, e)
 
 
