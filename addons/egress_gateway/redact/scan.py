@@ -29,8 +29,8 @@ DEFAULT_TIMEOUT = 30.0
 # Scans admitted at once (running or waiting for a worker); more are refused (503 overloaded).
 DEFAULT_QUEUE = 64
 # New (uncached) characters one message may make the engine analyse. Analysis runs at roughly
-# 50 KB/s per core here (200 KB of PII-dense prose: 4.1 s in one process, 2.2 s split across two
-# worker processes): 512 Ki characters is ~11 s of one core (~6 s on two workers), inside the
+# 100 KB/s per core here (200 KB of PII-dense prose: 2.05 s in one process, 1.1 s split across
+# two worker processes): 512 Ki characters is ~5 s of one core (<3 s on two workers), inside the
 # 30 s budget either way; a bigger fresh body is answered at once instead of burning a worker.
 DEFAULT_MAX_TEXT = 512 * 1024
 
