@@ -178,3 +178,11 @@ def test_looks_binary(text, binary):
     from egress_gateway.redact.charsets import looks_binary
 
     assert looks_binary(text) is binary
+
+
+def test_control_count_is_the_c0_set_but_tab_and_line_ends():
+    from egress_gateway.redact.charsets import _controls
+
+    every = "".join(chr(i) for i in range(0x3000))
+    assert _controls(every) == sum(1 for c in every if ord(c) < 32 and c not in "\t\n\r\f") == 28
+    assert _controls("a\x0bb\x00\x7f\x85") == 2  # VT and NUL; DEL and C1 are allowed in JSON
