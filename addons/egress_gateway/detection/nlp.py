@@ -195,7 +195,10 @@ class SharedNlp:
                 batch.append(job)
                 size += job.size
         try:
-            docs = iter(self.nlp.pipe((t for job in batch for t in job.texts), batch_size=64))
+            texts = [t for job in batch for t in job.texts]
+            # one text alone: a direct call skips nlp.pipe's batching machinery (~60 us)
+            docs = iter([self.nlp(texts[0])] if len(texts) == 1
+                        else self.nlp.pipe(texts, batch_size=64))
             for job in batch:
                 job.artifacts = [self.nlp_engine._doc_to_nlp_artifact(next(docs), "en")
                                  for _ in job.texts]
