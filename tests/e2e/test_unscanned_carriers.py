@@ -481,5 +481,6 @@ def test_a_refused_host_off_the_allowlist_is_withheld_from_audit_and_recordings(
     assert status(resp) == 403 and body(resp)["error"] == "blocked"
     assert gw.audit()[-1]["host"] == "withheld.evil.example"
     assert leaks(gw.audit_path.read_bytes()) == []
+    assert leaks(gw.log_text().encode()) == []  # the refusal's log line is written before any scan
     for rec in gw.workdir.rglob("*.mitm"):
         assert leaks(rec.read_bytes()) == [], rec

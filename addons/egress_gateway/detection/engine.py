@@ -76,6 +76,18 @@ _engines_lock = threading.Lock()
 _pseudonyms: ops.PseudonymStore | None = None
 
 
+def analysis_running() -> bool:
+    """True once this process analyses anything: the scan workers run, or (with
+    ``gateway_scan_workers=0``) an engine was built here. Until then (a policy that scans
+    nothing) checks of incidental values use `shapes` instead of starting analysis for them."""
+    if workers.running() is not None:
+        return True
+    if workers.size() > 0:
+        return False
+    with _engines_lock:
+        return bool(_engines)
+
+
 class DetectionEngine:
     """Detection and redaction under one ``DetectionSettings``.
 

@@ -443,6 +443,17 @@ def current() -> WorkerPool | None:
         return _pool if _size > 0 else None
 
 
+def running() -> WorkerPool | None:
+    """The pool if it runs now (never starts one)."""
+    with _pool_lock:
+        return _pool if _pool is not None and not _pool.closed else None
+
+
+def size() -> int:
+    """The configured number of scan workers (0: analysis in this process)."""
+    return _size
+
+
 def shutdown() -> None:
     """Stop the workers (the addon's done); a later engine starts them again if sized."""
     global _pool

@@ -43,12 +43,12 @@ class Egress:
         st = state(flow)
         if self.core.policy.egress.mode == "report":
             st.decision, st.reason, st.identity = "would_block", d.reason, identity
-            log.warning(f"egress gateway (report mode) would block {identity}: {d.reason}")
+            log.warning(f"egress gateway (report mode) would block {identity}: {_shown(d.reason)}")
             return False
         st.identity = identity
         code = d.code or "blocked"
         refuse(flow, code, d.reason, identity=identity, **d.details)
-        log.info(f"egress gateway blocked {identity}: {d.reason}")
+        log.info(f"egress gateway blocked {identity}: {_shown(d.reason)}")
         return True
 
     def _internal_error(self, flow: http.HTTPFlow, where: str) -> None:
@@ -260,17 +260,17 @@ class Egress:
                                  details={"host": norm, "port": port})
             report = policy.egress.mode == "report"
             if not d.allowed and report:
-                log.warning(f"egress gateway (report mode) would block {identity}: {d.reason}")
+                log.warning(f"egress gateway (report mode) would block {identity}: {_shown(d.reason)}")
             address = None
             if d.allowed or report:
                 identity = "address"
                 d, address = await self.resolve_checked(host, port)
                 if not d.allowed and report:
-                    log.warning(f"egress gateway (report mode) would block {identity}: {d.reason}")
+                    log.warning(f"egress gateway (report mode) would block {identity}: {_shown(d.reason)}")
                     return
             if not d.allowed:
                 server.error = f"blocked by the egress gateway: {d.reason}"
-                log.info(f"egress gateway blocked a dial ({identity}): {d.reason}")
+                log.info(f"egress gateway blocked a dial ({identity}): {_shown(d.reason)}")
                 self._audit_dial(data, identity, d)
                 return
             if address and address != host:
@@ -294,10 +294,19 @@ class Egress:
             tunnel = self.core.connections.get(data.client.id)
             sid = tunnel.session if tunnel else None
             self.core.audit.write(audit.connection_record(
-                data.client, data.server, session_id=sid, host=d.details.get("host"),
-                port=d.details.get("port"), code=d.code, identity=identity, reason=d.reason))
+                data.client, data.server, session_id=sid, host=_shown(d.details.get("host")),
+                port=d.details.get("port"), code=d.code, identity=identity,
+                reason=_shown(d.reason)))
         except Exception:
             log.exception("egress gateway: could not audit a refused dial")
+
+
+def _shown(text):
+    """A refusal's reason (or host) as the log and a dial's audit line show it: written before
+    any scan, so host names that could carry data by their shape are withheld."""
+    from egress_gateway.detection.shapes import scrub_hosts
+
+    return scrub_hosts(text) if isinstance(text, str) else text
 
 
 def strip_trailing_dot(server) -> None:

@@ -149,7 +149,11 @@ def scrubbed_path(flow: http.HTTPFlow, detection) -> str | None:
     path = flow.request.path.split("?", 1)[0]
     if flow.request.method == "CONNECT" or not path.startswith("/") or path == "/":
         return None
-    from egress_gateway.detection import DetectionEngine
+    from egress_gateway.detection import DetectionEngine, shapes
+    from egress_gateway.detection.engine import analysis_running
+
+    if not analysis_running():  # a policy that scans nothing: shapes, not a worker start
+        return shapes.plain_path(path)
     from egress_gateway.redact.bodies import plan_path
     from egress_gateway.redact.walker import TextJob
 
@@ -168,7 +172,11 @@ def scrubbed_host(flow: http.HTTPFlow, detection) -> str | None:
 
     if not host or hosts.parse_ip_literal(host.strip("[]")) is not None:
         return None
-    from egress_gateway.detection import DetectionEngine
+    from egress_gateway.detection import DetectionEngine, shapes
+    from egress_gateway.detection.engine import analysis_running
+
+    if not analysis_running():  # a policy that scans nothing: shapes, not a worker start
+        return shapes.plain_host(host)
 
     engine = DetectionEngine.get(detection)
     texts = [host, host.replace(".", " "), host.upper().replace(".", " ")]

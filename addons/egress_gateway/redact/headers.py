@@ -376,6 +376,11 @@ class SessionIdCheck:
         compiled = self.core.compiled
         if compiled is None or "redact" not in compiled:
             return False
+        from egress_gateway.detection import shapes
+        from egress_gateway.detection.engine import analysis_running
+
+        if not analysis_running():  # a policy that scans nothing: never start analysis here
+            return not shapes.plain_id(sid)  # (on the event loop: that would block it)
         engine = compiled["redact"].engine(-1, "request")
         texts = [sid, sid.replace("_", " ")]
         try:
