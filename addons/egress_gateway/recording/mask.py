@@ -8,9 +8,13 @@ query string are dropped (their size is noted) and PII or secrets in its path ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
+from collections import OrderedDict
 
 from mitmproxy import http
+from mitmproxy.version import FLOW_FORMAT_VERSION
 
 from egress_gateway import session
 from egress_gateway.flowstate import peek
@@ -50,7 +54,7 @@ def recorded_state(flow: http.HTTPFlow, forwarded: bool, path: str | None = None
     third of the cost of copying the flow object and serialising the copy. `path` replaces the
     path of a refused request (see `scrubbed_path`).
     """
-    state = flow.get_state()
+    state = flow_state(flow)
     note: dict = {"forwarded": forwarded}
     masked: list[str] = []
     req = state["request"] = dict(state["request"])
@@ -92,6 +96,99 @@ def recorded_state(flow: http.HTTPFlow, forwarded: bool, path: str | None = None
     meta["recording"] = note
     state["metadata"] = {"gateway": meta}
     return state
+
+
+class ConnectionStates:
+    """``conn.get_state()`` reused while a connection is unchanged: every flow of a keep-alive
+    connection records the same client and server state, and building those two is almost all
+    of mitmproxy's ``flow.get_state()`` (~60 of 61 us). A connection counts as unchanged while
+    every field its state is built from holds an equal value (lists compared as tuples)."""
+
+    MAX = 256
+
+    def __init__(self) -> None:
+        # (class, id) -> [fields seen, state, its tnetstring or None]
+        self._states: OrderedDict[tuple, list] = OrderedDict()
+        self._keys: dict[int, tuple] = {}  # id(state) -> key, while the entry holds the state
+        self._lock = threading.Lock()
+
+    def state(self, conn) -> dict:
+        """The state of `conn` (a shared dict: never modify it)."""
+        names = _state_fields(type(conn))
+        seen = tuple(_frozen(getattr(conn, n)) for n in names)
+        key = (type(conn), conn.id)
+        with self._lock:
+            hit = self._states.get(key)
+            if hit is not None and hit[0] == seen:
+                self._states.move_to_end(key)
+                return hit[1]
+        state = conn.get_state()
+        with self._lock:
+            old = self._states.pop(key, None)
+            if old is not None:
+                self._keys.pop(id(old[1]), None)
+            self._states[key] = [seen, state, None]
+            self._keys[id(state)] = key
+            while len(self._states) > self.MAX:
+                _, (_, gone, _) = self._states.popitem(last=False)
+                self._keys.pop(id(gone), None)
+        return state
+
+    def encoded(self, state) -> tnet.Encoded | None:
+        """The tnetstring of a state this cache handed out (encoded once), else None."""
+        with self._lock:
+            key = self._keys.get(id(state))
+            entry = self._states.get(key) if key is not None else None
+            if entry is None or entry[1] is not state:
+                return None
+            if entry[2] is None:
+                entry[2] = tnet.Encoded(tnet.dumps(state))
+            return entry[2]
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _state_fields(cls) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:  # the fields SerializableDataclass.get_state reads
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls)
+                                     if f.metadata.get("serialize", True) is not False)
+    return names
+
+
+def _frozen(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+_CONNECTIONS = ConnectionStates()
+
+
+def flow_state(flow) -> dict:
+    """``flow.get_state()`` with the connections' states from `ConnectionStates` (same keys,
+    same order, same values; a test compares both). The flow's own metadata is left out (the
+    recording keeps only the gateway's, set by `recorded_state`); a flow with a backup (edited
+    in mitmweb) or of another type takes mitmproxy's own path."""
+    if type(flow) is not http.HTTPFlow or flow._backup is not None:
+        return flow.get_state()
+    return {
+        "version": FLOW_FORMAT_VERSION,
+        "type": flow.type,
+        "id": flow.id,
+        "error": flow.error.get_state() if flow.error else None,
+        "client_conn": _CONNECTIONS.state(flow.client_conn),
+        "server_conn": _CONNECTIONS.state(flow.server_conn),
+        "intercepted": flow.intercepted,
+        "is_replay": flow.is_replay,
+        "marked": flow.marked,
+        "metadata": {},
+        "comment": flow.comment,
+        "timestamp_created": flow.timestamp_created,
+        "backup": None,
+        "request": flow.request.get_state(),
+        "response": flow.response.get_state() if flow.response else None,
+        "websocket": flow.websocket.get_state() if flow.websocket else None,
+    }
 
 
 def stub_state(state: dict, why: str) -> dict:
@@ -138,8 +235,18 @@ def recorded_copy(flow: http.HTTPFlow, forwarded: bool) -> http.HTTPFlow:
 
 
 def serialize(flow: http.HTTPFlow | dict) -> bytes:
-    """mitmproxy's flow format (tnetstring of the state) of a flow or a flow state."""
-    return tnet.dumps(flow if isinstance(flow, dict) else flow.get_state())
+    """mitmproxy's flow format (tnetstring of the state) of a flow or a flow state; the
+    connection states `flow_state` reused are spliced in as encoded once."""
+    if not isinstance(flow, dict):
+        return tnet.dumps(flow.get_state())
+    state = flow
+    for part in ("client_conn", "server_conn"):
+        done = _CONNECTIONS.encoded(flow.get(part))
+        if done is not None:
+            if state is flow:
+                state = dict(flow)
+            state[part] = done
+    return tnet.dumps(state)
 
 
 def scrubbed_path(flow: http.HTTPFlow, detection) -> str | None:

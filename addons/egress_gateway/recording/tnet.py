@@ -9,6 +9,15 @@ compares both on recorded flows of every kind.
 from __future__ import annotations
 
 
+class Encoded:
+    """A value `dumps` already encoded: spliced in as it is (a reused connection state)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 def dumps(value) -> bytes:
     """`value` (None, bool, int, float, bytes, str, list, tuple, dict) as a tnetstring."""
     return _enc(value)
@@ -27,6 +36,8 @@ def _enc(v) -> bytes:
         return b"4:true!"
     if v is False:
         return b"5:false!"
+    if t is Encoded:
+        return v.data
     if t is dict:  # mitmproxy's encoder emits the items last to first
         body = b"".join([_enc(k) + _enc(x) for k, x in reversed(v.items())])
         return b"%d:%s}" % (len(body), body)
