@@ -139,21 +139,3 @@ def test_keyword_prefilter_changes_no_finding(text, has_word):
     full = sorted((r.entity_type, r.start, r.end) for r in rec.analyze(text, list(ENTITIES)))
     assert fast == full
 
-
-def test_registry_remembers_its_choice_per_request(analyzer):
-    from presidio_analyzer import RecognizerRegistry
-
-    built = analyzer._analyzer.registry
-    plain = RecognizerRegistry(supported_languages=["en"])
-    for r in built.recognizers:
-        plain.add_recognizer(r)
-    for entities in (["PERSON"], ["PHONE_NUMBER", "API_TOKEN"], analyzer._chunk_entities):
-        want = plain.get_recognizers("en", entities)
-        first, again = built.get_recognizers("en", entities), built.get_recognizers("en", entities)
-        assert first == again == want and first is not again  # a copy each time
-    extra = pii.GatewayPhoneRecognizer()
-    built.add_recognizer(extra)
-    try:
-        assert extra in built.get_recognizers("en", ["PHONE_NUMBER"])  # a change is seen
-    finally:
-        built.recognizers = [r for r in built.recognizers if r is not extra]

@@ -38,27 +38,6 @@ PARTS = ("all", "names", "patterns")  # what one run analyses (see ChunkAnalyzer
 ANALYSIS_BATCH = 2  # chunks analysed together: 200 KB peaks at ~220 MB (8: 380, 64: 560)
 
 
-class _BuiltRegistry(RecognizerRegistry):
-    """A registry filled once at build and never changed: the recognizers for a request
-    (language, entities) are looked up once, not on every call (~80 us of Presidio's ~0.3 ms
-    fixed cost per call with 32 recognizers)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._chosen: dict[tuple, list] = {}
-
-    def get_recognizers(self, language, entities=None, all_fields=False,
-                        ad_hoc_recognizers=None):  # noqa: D102
-        if ad_hoc_recognizers:
-            return super().get_recognizers(language, entities, all_fields, ad_hoc_recognizers)
-        key = (language, tuple(entities) if entities is not None else None, all_fields,
-               len(self.recognizers))
-        chosen = self._chosen.get(key)
-        if chosen is None:
-            chosen = self._chosen[key] = super().get_recognizers(language, entities, all_fields)
-        return list(chosen)
-
-
 class ChunkAnalyzer:
     """Recognizers and Presidio's analyzer for one ``DetectionSettings`` (thread-safe)."""
 
@@ -66,7 +45,7 @@ class ChunkAnalyzer:
         self.settings = settings
         self._heavy = get_heavy(settings.model)
         self.entities = settings.active_entities()
-        registry = _BuiltRegistry(supported_languages=["en"])
+        registry = RecognizerRegistry(supported_languages=["en"])
         for r in build_recognizers(
             settings, self.entities, self._heavy.common_words, self._heavy.english_words
         ):
