@@ -215,3 +215,8 @@ redact:
             assert got == idx == pol.redact.rule_index(host, path)
             assert rules.enabled is (idx < 0)
             assert len(rt._rule_of) <= 3
+    rt.for_flow("api.example.com", "/v1/messages?q=" + "x" * 5000, "request")
+    assert ("api.example.com", "/v1/messages") in rt._rule_of  # the query is not part of it
+    long = "/v1/" + "a" * 2000
+    assert rt.for_flow("api.example.com", long, "request")[0] == -1
+    assert all(len(p) < 1024 for _, p in rt._rule_of)  # a long path is never remembered

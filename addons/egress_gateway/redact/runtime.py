@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from egress_gateway.net import urlpath
 from egress_gateway.redact.provider import ProviderPolicy
 from egress_gateway.redact.settings import DirectionRules, RedactSettings
 
 DIRECTIONS = ("request", "response")
 RULE_CACHE = 4096  # (host, path) pairs whose rule index is remembered (cleared when full)
+RULE_KEY_CHARS = 1024  # longer host + path pairs are looked up each time, never remembered
 
 
 class RedactRuntime:
@@ -45,14 +47,17 @@ class RedactRuntime:
 
     def for_flow(self, host: str, path: str, direction: str) -> tuple[int, DirectionRules]:
         """(rule index or -1, the rules for one direction of a flow to `host` and `path`);
-        remembered per (host, path): every hook of every flow asks."""
+        remembered per (host, path without its query, which rules never look at) for paths
+        up to RULE_KEY_CHARS: every hook of every flow asks."""
+        path = urlpath.strip_query(path)
         key = (host, path)
         idx = self._rule_of.get(key)
         if idx is None:
             idx = self.settings.rule_index(host, path)
-            if len(self._rule_of) >= RULE_CACHE:
-                self._rule_of.clear()
-            self._rule_of[key] = idx
+            if len(host) + len(path) <= RULE_KEY_CHARS:  # a hostile URL costs no memory
+                if len(self._rule_of) >= RULE_CACHE:
+                    self._rule_of.clear()
+                self._rule_of[key] = idx
         return idx, self.merged[(idx, direction)]
 
     def restores(self, idx: int) -> bool:
