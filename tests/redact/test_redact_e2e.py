@@ -328,3 +328,23 @@ def test_added_latency_for_a_2kb_pii_request(tmp_path, confdir):
     print(f"\n2 KB PII request through the gateway: {raw * 1000:.1f} ms with redaction off, "
           f"{redacted * 1000:.1f} ms on ({(redacted - raw) * 1000:.1f} ms added)")
     assert redacted < 2.0
+
+
+def test_skipped_work_changes_nothing_an_agent_sends(env):
+    """The cheap paths (no NER on text without a capital, no phone matcher on a bare digit run
+    no context word can lift) leave every finding in place through the real gateway: a bare
+    number under a phone-ish key or after a context word, and a name after a sentence-initial
+    function word, are still redacted; an id with no context passes, as it always did."""
+    gw, _, internal = env
+    body = {"customer": {"mobile": "4155552671"},
+            "note": "The meeting with Jane Whitfield moved; her tel 4155552672 works.",
+            "log": "order 5550001234 shipped",
+            "lower": "please send the report to the team"}
+    r = httpx.post(f"http://{INTERNAL}:{internal.port}/notes", json=body, proxy=gw.proxy)
+    assert r.status_code == 200
+    sent = json.loads(internal.requests[-1]["body"])
+    assert sent["customer"]["mobile"] == "<PHONE_NUMBER>"
+    assert "Jane Whitfield" not in sent["note"] and "<PERSON>" in sent["note"]
+    assert "4155552672" not in sent["note"] and "<PHONE_NUMBER>" in sent["note"]
+    assert sent["log"] == "order 5550001234 shipped"  # 0.3 < 0.5 without context, as before
+    assert sent["lower"] == body["lower"]
