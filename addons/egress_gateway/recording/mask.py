@@ -50,8 +50,8 @@ def gateway_metadata(flow) -> dict:
 def recorded_state(flow: http.HTTPFlow, forwarded: bool, path: str | None = None) -> dict:
     """The flow's state as it is recorded: masked credentials, nothing that was not forwarded.
 
-    Built from ``flow.get_state()`` (new containers, the live flow is never touched): about a
-    third of the cost of copying the flow object and serialising the copy. `path` replaces the
+    Built from `flow_state` (``flow.get_state()`` with connection states reused; new
+    containers where it masks, the live flow is never touched). `path` replaces the
     path of a refused request (see `scrubbed_path`).
     """
     state = flow_state(flow)

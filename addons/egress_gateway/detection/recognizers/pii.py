@@ -66,9 +66,8 @@ class GatewayPhoneRecognizer(PhoneRecognizer):
         `text`: it compares lower-case words around the match and the outside context words
         by substring, so a context word absent from the whole lower-cased text and from the
         outside words can never raise a score."""
-        lowered = text.lower()
-        words = outside_context.get()
-        return any(c in lowered or any(c in w.lower() for w in words) for c in self.context)
+        where = [text.lower(), *(w.lower() for w in outside_context.get())]
+        return any(c in w for c in self.context for w in where)
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
